@@ -1,0 +1,69 @@
+"""The metric interface: score a :class:`Generation` against a :class:`TaskData`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from dlmbench.data import Generation
+from dlmbench.task import TaskData
+
+
+class MetricConfig(BaseModel):
+    """Base of metric settings; recorded with every value so a protocol is explicit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MetricValue:
+    """One metric's result for one cell.
+
+    ``value`` is the headline number; ``stderr`` its standard error over samples when
+    the metric is a mean of per-sample values; ``details`` anything else worth keeping
+    (counts, protocol settings, signatures).
+    """
+
+    value: float
+    stderr: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def mean_of(cls, values: list[float], **details: Any) -> "MetricValue":
+        """Mean with its standard error (sample std / sqrt(n))."""
+        n = len(values)
+        if n == 0:
+            return cls(float("nan"), None, {"n": 0, **details})
+        mean = sum(values) / n
+        se = None
+        if n > 1:
+            var = sum((v - mean) ** 2 for v in values) / (n - 1)
+            se = math.sqrt(var / n)
+        return cls(mean, se, {"n": n, **details})
+
+
+class Metric:
+    """Base class of every metric plugin.
+
+    Class attributes: ``name``, ``higher_is_better``, ``description`` and ``Config``.
+    ``requires_oracle`` names the ``TaskData.oracle`` type a metric needs (or None);
+    the runner skips metrics whose task cannot serve them, with a reason.
+    """
+
+    name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[MetricConfig]] = MetricConfig
+
+    def __init__(self, config: MetricConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def applies_to(self, task: TaskData) -> bool:
+        """Whether this metric can score ``task`` (e.g. BLEU needs references)."""
+        return True
+
+    def compute(self, generation: Generation, task: TaskData) -> MetricValue:
+        raise NotImplementedError

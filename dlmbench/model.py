@@ -1,0 +1,96 @@
+"""The model interface: what every diffusion LM needs, and no more.
+
+A model is a ``torch.nn.Module`` built from ``(config, spec)``. It provides a training
+loss, optionally a likelihood bound, and names its ``network``: the module whose
+forward call is one function evaluation (NFE). Sampling lives in separate
+:class:`dlmbench.Sampler` classes; training, EMA, checkpoints and NFE counting live in
+the core so that they are identical for every model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dlmbench.data import Batch, DataSpec
+
+
+class ModelConfig(BaseModel):
+    """Base options every model shares: the optimiser recipe of its reference.
+
+    Subclasses add architecture fields and set their reference defaults. ``presets``
+    maps a preset name (``tiny``, ``small``...) to field overrides; unknown keys are
+    errors (``extra="forbid"``) so a typo never silently falls back to a default.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **overrides: Any) -> "ModelConfig":
+        """Build a config from a named preset plus explicit overrides."""
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                from dlmbench.errors import ConfigError
+
+                known = ", ".join(sorted(cls.presets)) or "none"
+                raise ConfigError(
+                    f"preset={preset!r} is not defined for {cls.__name__}; known presets: {known}"
+                )
+            values.update(cls.presets[preset])
+        values.update(overrides)
+        return cls(**values)
+
+
+class Model(torch.nn.Module):
+    """Base class of every dlmbench model plugin.
+
+    Class attributes a plugin sets:
+      ``name``: the id used on the command line (``--models NAME``).
+      ``Config``: its :class:`ModelConfig` subclass.
+      ``default_sampler``: the sampler name used when a run names none.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    default_sampler: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module whose forward call counts as one NFE per sequence it processes.
+
+        The core hooks this module's forward; a sampler that batches a conditional and
+        an unconditional pass together is therefore counted twice, honestly.
+        """
+        return self
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss on ``batch`` (differentiable)."""
+        raise NotImplementedError
+
+    def nelbo(self, batch: Batch) -> torch.Tensor | None:
+        """Per-sequence upper bound on ``-log p(x)`` in nats, shape ``(B,)``.
+
+        Models without a likelihood bound return None (the default).
+        """
+        return None
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimiser updates (a frozen encoder is left out)."""
+        return [p for p in self.parameters() if p.requires_grad]

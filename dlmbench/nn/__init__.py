@@ -1,0 +1,1 @@
+"""Building blocks shared by the model plugins (attention backend, rotary, norms)."""

@@ -1,0 +1,78 @@
+"""Multi-head attention kernels behind one switch: ``auto | sdpa | xformers | math``.
+
+xformers' memory-efficient attention is used only when every condition holds (the
+feasibility report, section 2): CUDA tensors, fp16/bf16, ``xformers.ops`` imports and a
+one-off probe call succeeded. Otherwise PyTorch's ``scaled_dot_product_attention``.
+``math`` is a plain softmax(QK^T)V reference used by the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "xformers", "math")
+
+
+@functools.lru_cache(maxsize=1)
+def xformers_available() -> bool:
+    """True when xformers imports and runs a probe on this CUDA device."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import xformers.ops as xops  # noqa: F401
+
+            q = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+            xops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        from dlmbench.errors import ConfigError
+
+        raise ConfigError(f"attention_backend={backend!r} is not one of {BACKENDS}")
+    if backend == "auto":
+        usable = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and xformers_available()
+        return "xformers" if usable else "sdpa"
+    return backend
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Bidirectional attention on ``(B, H, L, D)`` tensors, scale ``1/sqrt(D)``.
+
+    ``mask`` is an optional boolean ``(B, 1|H, L, L)`` tensor, True where attention is
+    allowed. Returns ``(B, H, L, D)``.
+    """
+    backend = resolve_backend(backend, q)
+    if backend == "xformers":
+        import xformers.ops as xops
+
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~mask, float("-inf")).expand(q.shape[0], q.shape[1], -1, -1)
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
+        )
+        return out.transpose(1, 2)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype)

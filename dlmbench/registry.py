@@ -1,0 +1,87 @@
+"""What the plugins registered, with validation and did-you-mean errors."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlmbench.errors import ConfigError, UnknownNameError
+from dlmbench.metric import Metric
+from dlmbench.model import Model
+from dlmbench.sampler import Sampler
+from dlmbench.task import Task
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Known: {', '.join(sorted(known)) or 'none'}."
+
+
+@dataclass
+class Registry:
+    """Models, samplers, metrics and tasks by name, plus which plugin gave each."""
+
+    models: dict[str, type[Model]] = field(default_factory=dict)
+    samplers: dict[tuple[str, str], type[Sampler]] = field(default_factory=dict)
+    metrics: dict[str, type[Metric]] = field(default_factory=dict)
+    tasks: dict[str, type[Task]] = field(default_factory=dict)
+    origin: dict[Any, str] = field(default_factory=dict)
+
+    def _add(self, table: dict, key: Any, cls: type, base: type, plugin: str) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"plugin {plugin!r} registered {cls!r}, not a {base.__name__} subclass")
+        if not cls.name:
+            raise TypeError(f"plugin {plugin!r} registered {cls.__name__} without a name")
+        if key in table and table[key] is not cls:
+            raise ConfigError(
+                f"{base.__name__.lower()} {key!r} is registered twice: by {self.origin[(base, key)]!r} "
+                f"and by {plugin!r}; block one with DLMBENCH_LOAD_PLUGINS"
+            )
+        table[key] = cls
+        self.origin[(base, key)] = plugin
+
+    def add_model(self, cls: type[Model], plugin: str = "?") -> None:
+        self._add(self.models, cls.name, cls, Model, plugin)
+
+    def add_sampler(self, cls: type[Sampler], plugin: str = "?") -> None:
+        if not getattr(cls, "model", ""):
+            raise TypeError(f"sampler {cls.__name__} from {plugin!r} must set `model`")
+        self._add(self.samplers, (cls.model, cls.name), cls, Sampler, plugin)
+
+    def add_metric(self, cls: type[Metric], plugin: str = "?") -> None:
+        self._add(self.metrics, cls.name, cls, Metric, plugin)
+
+    def add_task(self, cls: type[Task], plugin: str = "?") -> None:
+        self._add(self.tasks, cls.name, cls, Task, plugin)
+
+    # look-ups -------------------------------------------------------------------------
+    def model(self, name: str) -> type[Model]:
+        if name not in self.models:
+            raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, list(self.models))}")
+        return self.models[name]
+
+    def sampler(self, model: str, name: str | None = None) -> type[Sampler]:
+        name = name or self.model(model).default_sampler
+        if (model, name) not in self.samplers:
+            known = [s for (m, s) in self.samplers if m == model]
+            raise UnknownNameError(
+                f"unknown sampler {name!r} for model {model!r}.{did_you_mean(name, known)}"
+            )
+        return self.samplers[(model, name)]
+
+    def samplers_for(self, model: str) -> list[str]:
+        return sorted(s for (m, s) in self.samplers if m == model)
+
+    def metric(self, name: str) -> type[Metric]:
+        if name not in self.metrics:
+            raise UnknownNameError(f"unknown metric {name!r}.{did_you_mean(name, list(self.metrics))}")
+        return self.metrics[name]
+
+    def task(self, spec: str) -> tuple[type[Task], str | None]:
+        """Resolve ``NAME`` or ``NAME:ARGUMENT`` (e.g. ``text:corpus.txt``)."""
+        name, _, argument = spec.partition(":")
+        if name not in self.tasks:
+            raise UnknownNameError(f"unknown task {name!r}.{did_you_mean(name, list(self.tasks))}")
+        return self.tasks[name], (argument or None)

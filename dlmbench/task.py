@@ -1,0 +1,83 @@
+"""The task (dataset) interface.
+
+A task turns its config and the run's budget into :class:`TaskData`: tokenized
+train/validation tensors of exactly ``seq_len`` tokens, the tokenizer, the evaluation
+prompts of a conditional task, and whatever exact oracle its metrics need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dlmbench.data import DataSpec
+from dlmbench.tokenizer import TextTokenizer
+
+
+class TaskConfig(BaseModel):
+    """Base of task settings; subclasses add fields (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class TaskData:
+    """A loaded task.
+
+    ``train``/``valid`` are ``(N, spec.seq_len)`` int64. For conditional tasks
+    ``eval_prefixes`` is ``(num_eval, spec.prefix_len)`` and ``references`` /
+    ``sources`` hold the matching target and source strings. ``oracle`` is a
+    task-specific object (e.g. the grammar) that exact metrics may use.
+    """
+
+    name: str
+    spec: DataSpec
+    tokenizer: TextTokenizer
+    train: torch.Tensor
+    valid: torch.Tensor
+    eval_prefixes: torch.Tensor | None = None
+    references: list[str] | None = None
+    sources: list[str] | None = None
+    oracle: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A short hash of the data itself, recorded with every result."""
+        h = hashlib.sha256()
+        for t in (self.train, self.valid):
+            h.update(t.numpy().tobytes())
+        h.update(self.tokenizer.to_str().encode())
+        return h.hexdigest()[:16]
+
+
+class Task:
+    """Base class of every task plugin.
+
+    Class attributes a plugin sets:
+      ``name``: the id used by ``--task`` (a task may accept an argument after a
+      colon, e.g. ``text:PATH``; it receives it as ``argument``).
+      ``Config``: its :class:`TaskConfig` subclass.
+      ``conditional``: True for source -> target tasks.
+      ``default_metrics``: metric names scored when a run names none.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    conditional: ClassVar[bool] = False
+    default_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: TaskConfig | None = None, argument: str | None = None):
+        self.config = config if config is not None else self.Config()
+        self.argument = argument
+
+    def load(self, seq_len: int, num_eval: int, seed: int) -> TaskData:
+        """Build the data for sequences of ``seq_len`` tokens.
+
+        ``num_eval`` is the number of evaluation prompts a conditional task must
+        provide; ``seed`` fixes any generation or shuffling.
+        """
+        raise NotImplementedError

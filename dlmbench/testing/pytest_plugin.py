@@ -1,0 +1,1 @@
+"""pytest plugin: registers dlmbench's ``slow`` and ``gpu`` markers and options."""
