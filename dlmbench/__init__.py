@@ -7,36 +7,43 @@ The public API a plugin author needs::
     @dlmbench.hookimpl
     def register_models(register):
         register(MyModel)          # a dlmbench.Model subclass
+
+Names are imported lazily so that ``dlmbench --help`` does not pay for torch.
 """
 
-from dlmbench.data import Batch, DataSpec, Generation, SampleRequest
-from dlmbench.errors import CheckpointError, ConfigError, DLMBenchError
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dlmbench.hookspecs import hookimpl
-from dlmbench.metric import Metric, MetricConfig, MetricValue
-from dlmbench.model import Model, ModelConfig
-from dlmbench.sampler import Sampler, SamplerConfig
-from dlmbench.task import Task, TaskConfig, TaskData
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Batch",
-    "CheckpointError",
-    "ConfigError",
-    "DLMBenchError",
-    "DataSpec",
-    "Generation",
-    "Metric",
-    "MetricConfig",
-    "MetricValue",
-    "Model",
-    "ModelConfig",
-    "SampleRequest",
-    "Sampler",
-    "SamplerConfig",
-    "Task",
-    "TaskConfig",
-    "TaskData",
-    "__version__",
-    "hookimpl",
-]
+_LAZY = {
+    "Batch": "dlmbench.data",
+    "DataSpec": "dlmbench.data",
+    "Generation": "dlmbench.data",
+    "SampleRequest": "dlmbench.data",
+    "CheckpointError": "dlmbench.errors",
+    "ConfigError": "dlmbench.errors",
+    "DLMBenchError": "dlmbench.errors",
+    "Metric": "dlmbench.metric",
+    "MetricConfig": "dlmbench.metric",
+    "MetricValue": "dlmbench.metric",
+    "Model": "dlmbench.model",
+    "ModelConfig": "dlmbench.model",
+    "Sampler": "dlmbench.sampler",
+    "SamplerConfig": "dlmbench.sampler",
+    "Task": "dlmbench.task",
+    "TaskConfig": "dlmbench.task",
+    "TaskData": "dlmbench.task",
+}
+
+__all__ = sorted([*_LAZY, "__version__", "hookimpl"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dlmbench' has no attribute {name!r}")

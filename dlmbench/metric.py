@@ -67,3 +67,18 @@ class Metric:
 
     def compute(self, generation: Generation, task: TaskData) -> MetricValue:
         raise NotImplementedError
+
+
+def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> dict[str, Any]:
+    """``{name: {value, stderr, higher_is_better, config, details}}`` as stored in records."""
+    out = {}
+    for metric in metrics:
+        value = metric.compute(generation, task)
+        out[metric.name] = {
+            "value": value.value,
+            "stderr": value.stderr,
+            "higher_is_better": metric.higher_is_better,
+            "config": metric.config.model_dump(mode="json"),
+            "details": value.details,
+        }
+    return out

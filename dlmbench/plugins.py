@@ -50,15 +50,17 @@ def get_plugin_manager(
     load_entrypoints: bool = True,
     only: Iterable[str] | None = None,
     extra: Iterable[object] = (),
+    defaults: bool = True,
 ) -> pluggy.PluginManager:
     """A fresh plugin manager (no import-time global, so tests stay isolated).
 
     ``only`` restricts entry points by name (overrides ``DLMBENCH_LOAD_PLUGINS``);
-    ``extra`` registers plugin objects directly (tests, notebooks).
+    ``extra`` registers plugin objects directly (tests, notebooks); ``defaults=False``
+    leaves out the built-in plugins.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for modname in DEFAULT_PLUGINS:
+    for modname in DEFAULT_PLUGINS if defaults else ():
         pm.register(importlib.import_module(modname), name=modname)
     autoload = load_entrypoints and not os.environ.get("DLMBENCH_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:

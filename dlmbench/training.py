@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from dlmbench import distributed
 from dlmbench.data import Batch
 from dlmbench.ema import EMA
 from dlmbench.model import Model
@@ -80,6 +81,10 @@ def fit(
 ) -> TrainReport:
     """Train ``model`` for ``steps`` optimiser steps on rows of ``train`` ``(N, L)``.
 
+    ``batch_size`` is the global batch: under torchrun each of the N ranks takes its
+    ``1/N`` share of the same rows and DDP averages the gradients, so the tokens counted
+    (``batch_size x L x steps``) are the same as in one process.
+
     Batches are drawn without replacement per epoch from a seeded permutation; the
     learning rate warms up linearly over ``config.warmup_steps`` then stays constant
     (both references); gradients are clipped at ``config.grad_clip``; when
@@ -87,8 +92,17 @@ def fit(
     """
     cfg = model.config
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    world = distributed.current()
+    if batch_size % world.size:
+        from dlmbench.errors import ConfigError
+
+        raise ConfigError(f"budget.batch_size={batch_size} must be divisible by the {world.size} processes")
+    torch.manual_seed(seed + world.rank)  # model noise differs per rank ...
+    gen = torch.Generator().manual_seed(seed)  # ... the batch order is shared
+    loss_of = distributed.LossModule(model)
+    if world.size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        loss_of = torch.nn.parallel.DistributedDataParallel(loss_of, device_ids=ids, find_unused_parameters=True)
     opt = build_optimizer(model)
     base_lrs = [g["lr"] for g in opt.param_groups]
     ema = EMA(model.trainable_parameters(), cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -100,12 +114,12 @@ def fit(
     for step in range(steps):
         if cursor + batch_size > order.numel():
             order, cursor = torch.randperm(train.shape[0], generator=gen), 0
-        rows = order[cursor : cursor + batch_size]
+        rows = order[cursor : cursor + batch_size][world.rank :: world.size]  # this rank's share
         cursor += batch_size
         scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
-        loss = model.loss(Batch(train[rows].to(device)))
+        loss = loss_of(Batch(train[rows].to(device)))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{model.name}: non-finite loss {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,98 @@
+"""Checkpoints as safetensors, stamped with the hash of what produced them.
+
+The file's metadata holds the model name, its config, the data spec and the training
+key; :func:`load_checkpoint` refuses a file whose stamp does not match the model being
+built, so a cached checkpoint is never silently reused for another configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+
+from dlmbench.config import stable_hash
+from dlmbench.data import DataSpec
+from dlmbench.errors import CheckpointError
+from dlmbench.model import Model
+
+META_KEY = "dlmbench"
+
+
+def checkpoint_key(model_name: str, config: Any, spec: DataSpec, training: dict[str, Any]) -> dict:
+    return {
+        "model": model_name,
+        "config": config.model_dump(mode="json"),
+        "spec": spec.to_dict(),
+        "training": training,
+    }
+
+
+def checkpoint_hash(key: dict) -> str:
+    return stable_hash(key, n=16)
+
+
+def save_checkpoint(model: Model, path: str | Path, key: dict, extra: dict | None = None) -> str:
+    """Write ``model``'s weights atomically; returns the checkpoint hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = checkpoint_hash(key)
+    meta = {META_KEY: json.dumps({"key": key, "hash": digest, "extra": extra or {}})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_model(model, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return digest
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The dlmbench stamp of a checkpoint; CheckpointError if missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; train it with `dlmbench train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupted or not a safetensors file ({exc}); "
+            "delete it and re-run to retrain"
+        ) from None
+    if META_KEY not in meta:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no dlmbench metadata; it was not written by dlmbench")
+    return json.loads(meta[META_KEY])
+
+
+def load_checkpoint(model: Model, path: str | Path, key: dict | None = None) -> dict:
+    """Load weights into ``model``; with ``key``, refuse a checkpoint made for another setup."""
+    meta = read_metadata(path)
+    if key is not None and meta["hash"] != checkpoint_hash(key):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was made for a different configuration "
+            f"(hash {meta['hash']} != {checkpoint_hash(key)}); delete it or change --cache"
+        )
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded: {exc}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit model {model.name!r}: "
+            f"missing keys {sorted(missing)[:5]}, unexpected keys {sorted(unexpected)[:5]}"
+        )
+    return meta
+
+
+def state_dict_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

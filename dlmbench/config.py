@@ -1,0 +1,276 @@
+"""Typed run configuration: one budget object shared by every model in a run.
+
+A run is ``models x step budgets x seeds`` on one task. The :class:`Budget` fixes
+everything that must be identical across models for the comparison to be fair: sequence
+length, sampling steps, number of samples, training tokens (``batch_size x seq_len x
+train_steps``), seeds and the evaluator. Configs load from YAML or TOML and take
+``--set a.b=value`` overrides; unknown keys and wrong types raise :class:`ConfigError`
+naming the field, the value and a fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dlmbench.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    """The budget every model in a run shares."""
+
+    seq_len: int = Field(gt=1, description="tokens per sequence (prefix included)")
+    steps: list[int] = Field(min_length=1, description="sampling step budgets to evaluate")
+    num_samples: int = Field(gt=0, description="samples (or eval prompts) per cell")
+    batch_size: int = Field(gt=0, description="training sequences per optimiser step")
+    train_tokens: int = Field(ge=0, description="training tokens, counted as batch x seq_len x steps")
+    seeds: list[int] = Field(min_length=1, description="sampling seeds; spread is reported over them")
+    train_seed: int = 0
+    data_seed: int = 0
+    evaluator: str = Field("oracle", description="the judge: 'oracle' (exact) or an LM name/path")
+    sample_batch_size: int = Field(256, gt=0, description="sampling micro-batch; seeds are drawn per micro-batch")
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps: list[int]) -> list[int]:
+        bad = [s for s in steps if s <= 0]
+        if bad:
+            raise ValueError(f"every step budget must be >= 1, got {bad}; e.g. --steps 32,1024")
+        return sorted(set(steps))
+
+    @property
+    def train_steps(self) -> int:
+        """Optimiser steps that spend ``train_tokens`` (rounded up to whole batches)."""
+        return math.ceil(self.train_tokens / (self.batch_size * self.seq_len))
+
+    @property
+    def counted_train_tokens(self) -> int:
+        return self.train_steps * self.batch_size * self.seq_len
+
+    def training_key(self) -> dict[str, Any]:
+        """The fields a trained checkpoint depends on."""
+        return {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "train_tokens": self.counted_train_tokens,
+            "train_seed": self.train_seed,
+            "data_seed": self.data_seed,
+        }
+
+
+class ModelEntry(_Strict):
+    """One model in a run, with its own options and sampler settings."""
+
+    name: str
+    preset: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    sampler: str | None = None
+    sampler_options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, description="row name in tables (default: name/sampler)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class RunConfig(_Strict):
+    """Everything ``dlmbench run`` needs; ``preset`` fills what is left unset."""
+
+    name: str = "default"
+    preset: str = "tiny"
+    models: list[ModelEntry] = Field(min_length=1)
+    task: str = "grammar"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    metrics: list[str] | None = None
+    budget: Budget
+    out: str | None = Field(None, description="results directory (default runs/<name>)")
+    cache: str = Field(".dlmbench-cache", description="trained checkpoints are cached here")
+    device: str = "auto"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.name}")
+
+    def budget_hash(self) -> str:
+        return stable_hash(self.budget.model_dump())
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """A short sha256 of canonical JSON (sorted keys) of ``obj``."""
+    data = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:n]
+
+
+# --- presets -------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: offline, CPU, minutes. See README "Budgets".
+    "tiny": {
+        "task": "grammar",
+        "budget": {
+            "seq_len": 32,
+            "steps": [32, 1024],
+            "num_samples": 128,
+            "batch_size": 64,
+            "train_tokens": 64 * 32 * 1200,
+            "seeds": [0, 1],
+            "evaluator": "oracle",
+        },
+    },
+    # Paper scale (mdlm_duo.md section 1; elf.md section 4). Not run in CI.
+    "owt-small": {
+        "task": "owt",
+        "budget": {
+            "seq_len": 1024,
+            "steps": [32, 1024],
+            "num_samples": 800,
+            "batch_size": 512,
+            "train_tokens": 512 * 1024 * 1_000_000,
+            "seeds": [1],
+            "evaluator": "gpt2-large",
+            "sample_batch_size": 8,
+        },
+    },
+    "wmt14-de-en": {
+        "task": "wmt14-de-en",
+        "budget": {
+            "seq_len": 128,
+            "steps": [64],
+            "num_samples": 3003,
+            "batch_size": 512,
+            "train_tokens": 512 * 128 * 880_000,
+            "seeds": [0],
+            "evaluator": "sacrebleu",
+            "sample_batch_size": 128,
+        },
+    },
+    "xsum": {
+        "task": "xsum",
+        "budget": {
+            "seq_len": 1088,
+            "steps": [64],
+            "num_samples": 11334,
+            "batch_size": 512,
+            "train_tokens": 512 * 1088 * 40_000,
+            "seeds": [0],
+            "evaluator": "rouge",
+            "sample_batch_size": 32,
+        },
+    },
+}
+
+# Model presets each paper-scale run preset uses (the model plugin defines the sizes).
+MODEL_PRESETS: dict[str, dict[str, str]] = {
+    "tiny": {"*": "tiny"},
+    "owt-small": {"elf": "B", "*": "small"},
+    "wmt14-de-en": {"elf": "B", "*": "small"},
+    "xsum": {"elf": "B", "*": "small"},
+}
+
+
+def model_preset(run_preset: str, model: str) -> str | None:
+    table = MODEL_PRESETS.get(run_preset, {})
+    return table.get(model, table.get("*"))
+
+
+# --- loading and overrides ------------------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) run config."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the path")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    else:
+        raise ConfigError(f"config file {str(path)!r}: use a .yaml, .yml or .toml file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set budget.seq_len=64")
+    key, _, raw = text.partition("=")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def explain(exc: ValidationError, what: str = "config") -> ConfigError:
+    """Turn a pydantic error into lines naming field, value and fix."""
+    lines = [f"invalid {what}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            fix = "remove it or check its spelling (see `dlmbench validate-config --help`)"
+        elif err["type"] == "missing":
+            fix = "add it"
+        else:
+            fix = err["msg"]
+        lines.append(f"  {loc} = {value!r}: {fix}")
+    return ConfigError("\n".join(lines))
+
+
+def build_run_config(
+    preset: str = "tiny",
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset <- config file <- CLI overrides, validated."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        data = read_config_file(file)
+    preset = (overrides or {}).get("preset", data.get("preset", preset))
+    if preset not in PRESETS:
+        from dlmbench.registry import did_you_mean
+
+        raise ConfigError(f"preset={preset!r} is unknown.{did_you_mean(preset, list(PRESETS))}")
+    merged = deep_merge(PRESETS[preset], data)
+    merged = deep_merge(merged, overrides or {})
+    merged["preset"] = preset
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise explain(exc) from None

@@ -1,0 +1,88 @@
+"""The plugin layer: hooks, registration checks, documentation of every hook."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import click
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+import dlmbench
+from dlmbench import hookspecs
+from dlmbench.errors import ConfigError
+from dlmbench.plugins import build_registry, get_plugin_manager
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def hook_names():
+    return [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("register_")]
+
+
+def test_every_hook_is_documented_with_its_exact_signature():
+    """README and the hookspec docstring both state each hook's exact signature."""
+    readme = README.read_text()
+    for name in hook_names():
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert re.search(rf"{name}\({params}\b", readme), f"README does not document {name}({params})"
+        assert f"{name}(" in hookspecs.__doc__
+
+
+def test_a_hook_with_a_typo_is_rejected():
+    class Typo:
+        @dlmbench.hookimpl
+        def register_model(self, register):  # missing "s"
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError):
+        get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Typo()])
+
+
+def test_registering_a_non_model_is_a_type_error():
+    class Bad:
+        @dlmbench.hookimpl
+        def register_models(self, register):
+            register(dict)
+
+    pm = get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Bad()])
+    with pytest.raises(TypeError, match="not a Model subclass"):
+        build_registry(pm)
+
+
+def test_the_same_name_from_two_plugins_is_an_error():
+    import toyplugin
+
+    class Twin:
+        @dlmbench.hookimpl
+        def register_models(self, register):
+            register(type("ToyTwin", (toyplugin.ToyModel,), {}))
+
+    pm = get_plugin_manager(load_entrypoints=False, defaults=False, extra=[toyplugin, Twin()])
+    with pytest.raises(ConfigError, match="registered twice"):
+        build_registry(pm)
+
+
+def test_builtins_come_through_the_same_hooks(toy_registry):
+    registry = build_registry(get_plugin_manager(load_entrypoints=False))
+    assert "ar" in registry.models and "grammar" in registry.tasks and "oracle-nll" in registry.metrics
+    assert registry.origin[(dlmbench.Model, "ar")] == "dlmbench.builtin.ar"
+
+
+def test_register_commands_adds_a_subcommand():
+    from dlmbench.cli import PluginCommandGroup
+
+    class Commands:
+        @dlmbench.hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello():
+                click.echo("hello from a plugin")
+
+    group = PluginCommandGroup()
+    get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Commands()]).hook.register_commands(cli=group)
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.exit_code == 0 and "hello from a plugin" in result.output
