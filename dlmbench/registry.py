@@ -29,11 +29,16 @@ class Registry:
     tasks: dict[str, type[Task]] = field(default_factory=dict)
     origin: dict[Any, str] = field(default_factory=dict)
 
-    def _add(self, table: dict, key: Any, cls: type, base: type, plugin: str) -> None:
+    def _add(self, table: dict, cls: type, base: type, plugin: str) -> None:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise TypeError(f"plugin {plugin!r} registered {cls!r}, not a {base.__name__} subclass")
         if not cls.name:
             raise TypeError(f"plugin {plugin!r} registered {cls.__name__} without a name")
+        key: Any = cls.name
+        if base is Sampler:
+            if not cls.model:
+                raise TypeError(f"sampler {cls.__name__} from {plugin!r} must set `model`")
+            key = (cls.model, cls.name)
         if key in table and table[key] is not cls:
             raise ConfigError(
                 f"{base.__name__.lower()} {key!r} is registered twice: by {self.origin[(base, key)]!r} "
@@ -43,18 +48,16 @@ class Registry:
         self.origin[(base, key)] = plugin
 
     def add_model(self, cls: type[Model], plugin: str = "?") -> None:
-        self._add(self.models, cls.name, cls, Model, plugin)
+        self._add(self.models, cls, Model, plugin)
 
     def add_sampler(self, cls: type[Sampler], plugin: str = "?") -> None:
-        if not getattr(cls, "model", ""):
-            raise TypeError(f"sampler {cls.__name__} from {plugin!r} must set `model`")
-        self._add(self.samplers, (cls.model, cls.name), cls, Sampler, plugin)
+        self._add(self.samplers, cls, Sampler, plugin)
 
     def add_metric(self, cls: type[Metric], plugin: str = "?") -> None:
-        self._add(self.metrics, cls.name, cls, Metric, plugin)
+        self._add(self.metrics, cls, Metric, plugin)
 
     def add_task(self, cls: type[Task], plugin: str = "?") -> None:
-        self._add(self.tasks, cls.name, cls, Task, plugin)
+        self._add(self.tasks, cls, Task, plugin)
 
     # look-ups -------------------------------------------------------------------------
     def model(self, name: str) -> type[Model]:

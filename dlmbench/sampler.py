@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from dlmbench.data import SampleRequest
+from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.model import Model
 
 
@@ -46,10 +46,12 @@ class Sampler:
         """
         raise NotImplementedError
 
-    def max_nfe(self, steps: int) -> int:
+    def max_nfe(self, steps: int, spec: DataSpec | None = None) -> int:
         """Upper bound on function evaluations per sample for ``steps`` steps.
 
-        The conformance kit checks the measured NFE never exceeds it.
+        The conformance kit checks the measured NFE never exceeds it. ``spec`` is for
+        samplers whose cost depends on the length rather than ``steps`` (the AR
+        baseline: one evaluation per generated token).
         """
         return steps
 

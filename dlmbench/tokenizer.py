@@ -33,6 +33,7 @@ class TextTokenizer:
         for w in sorted(set(words)):
             vocab.setdefault(w, len(vocab))
         tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # so decoding can skip them
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
         return cls(tok)

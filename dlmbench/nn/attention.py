@@ -52,13 +52,23 @@ def attention(
     v: torch.Tensor,
     mask: torch.Tensor | None = None,
     backend: str = "auto",
+    causal: bool = False,
 ) -> torch.Tensor:
-    """Bidirectional attention on ``(B, H, L, D)`` tensors, scale ``1/sqrt(D)``.
+    """Attention on ``(B, H, L, D)`` tensors, scale ``1/sqrt(D)``; bidirectional by default.
 
-    ``mask`` is an optional boolean ``(B, 1|H, L, L)`` tensor, True where attention is
-    allowed. Returns ``(B, H, L, D)``.
+    ``mask`` is an optional boolean ``(B, 1|H, Lq, Lk)`` tensor, True where attention is
+    allowed. ``causal=True`` adds a causal mask aligned to the *end* of the keys: query
+    ``i`` of ``Lq`` sees keys ``j <= i + Lk - Lq``, so decoding with a KV cache (``Lq``
+    new queries against ``Lk`` cached keys) is causal too. Returns ``(B, H, Lq, D)``.
     """
     backend = resolve_backend(backend, q)
+    if causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        if mask is None and lq == lk and backend == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if lq > 1:  # a single query at the end sees every key: no mask needed
+            keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+            mask = keep[None, None] if mask is None else mask & keep
     if backend == "xformers":
         import xformers.ops as xops
 

@@ -54,16 +54,18 @@ class ModelConformance:
 
     # fixtures ------------------------------------------------------------------------------
     @pytest.fixture(scope="class")
-    def registry(self):
+    @classmethod
+    def registry(cls):
         from dlmbench.plugins import load_registry
 
         return load_registry()
 
     @pytest.fixture(scope="class", params=["unconditional", "conditional"])
-    def spec(self, request) -> DataSpec:
+    @classmethod
+    def spec(cls, request) -> DataSpec:
         prefix = SEQ_LEN // 2 if request.param == "conditional" else 0
-        if prefix and not self.conditional:
-            pytest.skip(f"{self.model_name} does not support conditional tasks")
+        if prefix and not cls.conditional:
+            pytest.skip(f"{cls.model_name} does not support conditional tasks")
         return DataSpec(VOCAB, SEQ_LEN, PAD_ID, BOS_ID, EOS_ID, MASK_ID, prefix_len=prefix)
 
     def make(self, registry, spec: DataSpec, seed: int = 0) -> Model:

@@ -1,0 +1,298 @@
+"""The autoregressive baseline ``ar``: loss, KV cache, exact sampling, NFE, training."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pluggy
+import pytest
+import torch
+
+from dlmbench import hookspecs
+from dlmbench.builtin import ar as ar_plugin
+from dlmbench.builtin.ar import AR, ARConfig
+from dlmbench.builtin.ar_sampler import Ancestral, AncestralConfig, Greedy, top_p_filter
+from dlmbench.data import Batch, DataSpec, SampleRequest
+from dlmbench.model import Model
+from dlmbench.nfe import count_nfe
+from dlmbench.nn.attention import attention
+from dlmbench.plugins import build_registry
+from dlmbench.training import fit
+
+PAD, BOS, EOS, MASK = 0, 2, 3, 4
+
+
+def spec_(vocab=12, seq_len=6, prefix_len=0):
+    return DataSpec(vocab, seq_len, PAD, BOS, EOS, MASK, prefix_len)
+
+
+def tiny(spec, **kw):
+    torch.manual_seed(0)
+    cfg = ARConfig.from_preset("tiny", n_layer=2, n_head=2, n_embd=16, **kw)
+    return AR(cfg, spec).eval()
+
+
+def request(n, seed, prefix=None, steps=4):
+    return SampleRequest(steps, n, torch.Generator().manual_seed(seed), prefix)
+
+
+# --- registration and config ---------------------------------------------------------------
+def test_registers_model_and_samplers():
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(ar_plugin, name="dlmbench.builtin.ar")
+    reg = build_registry(pm)
+    assert reg.model("ar") is AR
+    assert reg.sampler("ar") is Ancestral  # the default sampler
+    assert reg.samplers_for("ar") == ["ancestral", "greedy"]
+
+
+def test_presets():
+    small = ARConfig.from_preset("small")
+    assert (small.n_layer, small.n_embd, small.n_head) == (12, 768, 12)
+    assert (small.lr, small.warmup_steps, small.ema_decay) == (3e-4, 2500, 0.9999)
+    t = ARConfig.from_preset("tiny")
+    assert 2 <= t.n_layer <= 4 and t.n_embd == 128
+    assert (t.lr, t.warmup_steps) == (1e-3, 100)
+    with pytest.raises(ValueError):
+        ARConfig(n_embd=30, n_head=4)
+
+
+# --- loss and likelihood -------------------------------------------------------------------
+def hand_nll(model, x):
+    """Per-position NLL by hand: input [BOS, x_0..x_{L-2}], [MASK] excluded."""
+    B, L = x.shape
+    inp = torch.cat([torch.full((B, 1), BOS), x[:, :-1]], dim=1)
+    out = torch.zeros(B, L)
+    logits = model.net(inp).float()
+    for b in range(B):
+        for i in range(L):
+            z = logits[b, i].clone()
+            z[MASK] = -math.inf
+            out[b, i] = -(z[x[b, i]] - torch.logsumexp(z, 0))
+    return out
+
+
+def test_loss_is_next_token_ce():
+    spec = spec_()
+    model = tiny(spec)
+    x = torch.randint(5, spec.vocab_size, (3, spec.seq_len))
+    nll = hand_nll(model, x)
+    torch.testing.assert_close(model.loss(Batch(x)), nll.mean())
+    torch.testing.assert_close(model.nelbo(Batch(x)), nll.sum(1))
+    mask = torch.rand(x.shape) < 0.5
+    mask[0, 0] = True
+    torch.testing.assert_close(model.loss(Batch(x, mask)), nll[mask].mean())
+
+
+def test_conditional_loss_covers_targets_only():
+    spec = spec_(prefix_len=2)
+    model = tiny(spec)
+    x = torch.randint(5, spec.vocab_size, (3, spec.seq_len))
+    nll = hand_nll(model, x)[:, 2:]
+    torch.testing.assert_close(model.loss(Batch(x)), nll.mean())
+    torch.testing.assert_close(model.nelbo(Batch(x)), nll.sum(1))
+
+
+def test_nelbo_is_exact_likelihood():
+    """exp(-nelbo) sums to 1 over every sequence of a tiny vocabulary (AR is exact)."""
+    spec = spec_(vocab=7, seq_len=3)
+    model = tiny(spec)
+    allowed = [i for i in range(7) if i != MASK]
+    seqs = torch.tensor(list(itertools.product(allowed, repeat=3)))
+    with torch.no_grad():
+        total = torch.exp(-model.nelbo(Batch(seqs)).double()).sum()
+    assert abs(total.item() - 1.0) < 1e-5
+
+
+# --- attention and KV cache ----------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_causal_attention(backend):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    full = attention(q, k, v, backend=backend, causal=True)
+    keep = torch.ones(7, 7, dtype=torch.bool).tril()
+    ref = attention(q, k, v, mask=keep[None, None], backend="math")
+    torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
+    # queries at the end of longer keys (decoding with a cache) are aligned bottom-right
+    tail = attention(q[:, :, 4:], k, v, backend=backend, causal=True)
+    torch.testing.assert_close(tail, full[:, :, 4:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("prefix_len", [0, 3])
+def test_kv_cache_matches_full_forward(backend, prefix_len):
+    spec = spec_(seq_len=9, prefix_len=prefix_len)
+    model = tiny(spec, attention_backend=backend)
+    x = torch.randint(5, spec.vocab_size, (2, spec.seq_len))
+    inp = model.shift_right(x)
+    with torch.no_grad():
+        full = model.logits(inp)
+        cache = model.init_cache(2)
+        first = prefix_len + 1  # [BOS] + prefix in one call, then one token per call
+        steps = [model.logits(inp[:, :first], cache, 0)]
+        for t in range(first, spec.seq_len):
+            steps.append(model.logits(inp[:, t : t + 1], cache, t))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+# --- exact sampling with a stand-in model --------------------------------------------------
+class MarkovNet(torch.nn.Module):
+    """Logits of position ``p`` given the previous token: ``table[p, prev]``."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, idx, cache=None, start=0):
+        pos = torch.arange(start, start + idx.shape[1])
+        return self.table[pos[None, :], idx]  # (B, T, V)
+
+
+class StandIn(Model):
+    name = "standin"
+
+    def __init__(self, spec, table):
+        super().__init__(None, spec)
+        self.net = MarkovNet(table)
+
+    @property
+    def network(self):
+        return self.net
+
+    def init_cache(self, batch_size):
+        return None
+
+    def logits(self, idx, cache=None, start=0):
+        return self.net(idx, cache, start)
+
+
+def markov_table(spec, allowed, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    table = torch.full((spec.seq_len, spec.vocab_size, spec.vocab_size), -math.inf, dtype=torch.float64)
+    table[:, :, allowed] = torch.randn(spec.seq_len, spec.vocab_size, len(allowed), generator=g, dtype=torch.float64)
+    return table
+
+
+def chi2_critical(df, z=3.09):  # Wilson-Hilferty, upper 0.001 tail
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_ancestral_reproduces_joint(temperature, top_p):
+    spec = spec_(vocab=8, seq_len=3)
+    allowed = [EOS, 5, 6, 7]
+    table = markov_table(spec, allowed)
+    model = StandIn(spec, table)
+    n = 20_000
+    sampler = Ancestral(AncestralConfig(temperature=temperature, top_p=top_p))
+    out = sampler.sample(model, request(n, seed=1))
+
+    def cond(pos, prev):  # the sampler's target distribution, computed independently
+        p = torch.softmax(table[pos, prev] / temperature, -1)
+        order = sorted(range(spec.vocab_size), key=lambda v: -p[v].item())
+        kept, mass = [], 0.0
+        for v in order:
+            if mass >= top_p:
+                break
+            kept.append(v)
+            mass += p[v].item()
+        q = torch.zeros_like(p)
+        q[kept] = p[kept]
+        return q / q.sum()
+
+    counts = {}
+    for row in out.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    chi2, cells = 0.0, 0
+    for seq in itertools.product(allowed, repeat=3):
+        prob, prev = 1.0, BOS
+        for pos, tok in enumerate(seq):
+            prob *= cond(pos, prev)[tok].item()
+            prev = tok
+        if prob == 0:
+            assert counts.get(seq, 0) == 0, f"{seq} has probability 0 but was sampled"
+            continue
+        chi2 += (counts.get(seq, 0) - n * prob) ** 2 / (n * prob)
+        cells += 1
+    assert sum(counts.values()) == n
+    assert chi2 < chi2_critical(cells - 1), (chi2, cells)
+
+
+def test_top_p_filter():
+    p = torch.tensor([[0.1, 0.5, 0.15, 0.25]], dtype=torch.float64)
+    assert top_p_filter(p, 0.5).tolist() == [[0.0, 0.5, 0.0, 0.0]]
+    assert top_p_filter(p, 0.6).tolist() == [[0.0, 0.5, 0.0, 0.25]]
+    assert top_p_filter(p, 0.01).tolist() == [[0.0, 0.5, 0.0, 0.0]]  # the top token stays
+    assert torch.equal(top_p_filter(p, 1.0), p)
+
+
+def test_greedy_follows_argmax():
+    spec = spec_(vocab=8, seq_len=4)
+    table = markov_table(spec, [EOS, 5, 6, 7], seed=3)
+    out = Greedy().sample(StandIn(spec, table), request(2, seed=0))
+    prev, expect = BOS, []
+    for pos in range(4):
+        prev = int(table[pos, prev].argmax())
+        expect.append(prev)
+    assert out.tolist() == [expect, expect]
+
+
+# --- NFE, conditioning and seeds -----------------------------------------------------------
+@pytest.mark.parametrize("prefix_len", [0, 3])
+@pytest.mark.parametrize("sampler", [Ancestral(), Greedy()])
+def test_nfe_is_generated_length(prefix_len, sampler):
+    spec = spec_(seq_len=10, prefix_len=prefix_len)
+    model = tiny(spec)
+    prefix = torch.randint(5, spec.vocab_size, (5, prefix_len)) if prefix_len else None
+    with count_nfe(model) as counter:
+        out = sampler.sample(model, request(5, seed=0, prefix=prefix, steps=2))
+    generated = spec.seq_len - prefix_len
+    assert counter.calls == generated  # one call over the whole batch per token
+    assert counter.per_sample(5) == generated
+    for steps in (1, 2, 1000):  # AR ignores the step budget
+        assert sampler.max_nfe(steps, spec) == generated
+    assert sampler.max_nfe(7) == generated  # remembered from the last sample() call
+    assert out.shape == (5, spec.seq_len) and out.dtype == torch.long
+    if prefix is not None:
+        assert torch.equal(out[:, :prefix_len], prefix)
+    assert not (out[:, prefix_len:] == MASK).any()
+
+
+def test_seed_determines_samples():
+    spec = spec_(seq_len=8)
+    model = tiny(spec)
+    a = Ancestral().sample(model, request(6, seed=5))
+    b = Ancestral().sample(model, request(6, seed=5))
+    c = Ancestral().sample(model, request(6, seed=6))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_sampling_restores_train_mode():
+    spec = spec_(seq_len=5)
+    model = tiny(spec).train()
+    Ancestral().sample(model, request(2, seed=0))
+    assert model.training
+
+
+# --- training ------------------------------------------------------------------------------
+def test_loss_falls_under_fit():
+    spec = spec_(vocab=20, seq_len=32)
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(0, 15, (512, 1), generator=g)
+    train = 5 + (start + torch.arange(32)) % 15  # counting sequences: easy to learn
+    torch.manual_seed(0)
+    model = AR(ARConfig.from_preset("tiny", lr=3e-3, warmup_steps=0, ema_decay=0.0), spec)
+    report = fit(model, train, batch_size=32, steps=20, seed=0)
+    assert report.tokens == 32 * 32 * 20
+    assert sum(report.losses[-5:]) / 5 < report.losses[0] - 1.0
+
+
+# --- the plugin conformance kit ------------------------------------------------------------
+from dlmbench.testing.conformance import ModelConformance  # noqa: E402
+
+
+class TestARConformance(ModelConformance):
+    model_name = "ar"

@@ -1,0 +1,312 @@
+"""The English-like grammar, its transforms, the grammar tasks and their exact metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+from dlmbench.data import Generation
+from dlmbench.errors import ConfigError
+from dlmbench.metrics import oracle as oracle_metrics
+from dlmbench.metrics.oracle import ExactMatch, GrammarAccept, OracleNLL
+from dlmbench.tasks import english, synthetic
+from dlmbench.tasks.pcfg import GrammarOracle, Tree
+from dlmbench.tasks.synthetic import GrammarSummarizeTask, GrammarTask, GrammarTranslateTask
+
+
+@pytest.fixture(scope="module")
+def grammar():
+    return english.english_grammar()
+
+
+@pytest.fixture(scope="module")
+def trees(grammar):
+    return grammar.sample_trees(np.random.default_rng(123), 1500)
+
+
+def generation_from_rows(rows: torch.Tensor, task) -> Generation:
+    """What the runner would hand a metric for these raw sequences."""
+    tok = task.tokenizer
+    tokens = [tok.cut_at_eos(r[task.spec.prefix_len :].tolist()) for r in rows]
+    return Generation(ids=rows, tokens=tokens, texts=[tok.decode(t) for t in tokens])
+
+
+# the grammar -----------------------------------------------------------------------------
+def test_grammar_statistics(grammar):
+    assert 300 <= len(english.vocabulary()) <= 600
+    assert grammar.terminals == set(english.vocabulary())
+    assert 8 <= grammar.expected_length() <= 12
+    assert 1 - GrammarOracle(grammar, 31).p_fit < 1e-3  # seq_len 32 rarely rejects
+
+
+def test_grammar_is_unambiguous_on_samples(grammar, trees):
+    # one parse per sentence: the inside probability is the sampled tree's probability,
+    # which is what makes derivation entropy the true entropy rate
+    for t in trees[:400]:
+        assert grammar.log_prob(tuple(t.words())) == pytest.approx(grammar.tree_log_prob(t), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "the dog sleeps",
+        "dogs sleep",
+        "the dogs are happy",
+        "a big black cat that chases the mice often sleeps after two boats",
+        "the man who sees a dog carries the box on the table",
+        "every table that is broken falls",
+    ],
+)
+def test_accepts_grammatical_sentences(grammar, sentence):
+    assert grammar.accepts(sentence.split())
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "the dog sleep",  # subject-verb agreement
+        "the dogs sleeps",
+        "a dogs sleep",  # determiner-noun agreement
+        "these dog sleeps",
+        "the dogs is happy",  # copula agreement
+        "the dog that chase the cat sleeps",  # agreement inside the relative clause
+        "the table who falls sleeps",  # "who" needs an animate noun
+        "dog the sleeps",  # word order
+        "the dog sleeps quickly",  # adverbs precede the verb
+        "the dog sleeps the",
+        "the dog sleeps [EOS]",
+    ],
+)
+def test_rejects_ungrammatical_sentences(grammar, sentence):
+    assert not grammar.accepts(sentence.split())
+
+
+def test_inside_is_fast_enough(grammar, trees):
+    import time
+
+    sentences = [tuple(t.words()) + ("the",) for t in trees[400:500]]  # uncached
+    rng = np.random.default_rng(0)
+    junk = [tuple(rng.choice(english.vocabulary(), 31)) for _ in range(100)]
+    shuffled = [tuple(rng.permutation(t.words())) for t in trees[500:600]]
+    for batch in (sentences, junk, shuffled):
+        t0 = time.perf_counter()
+        for s in batch:
+            grammar.log_prob(s)
+        assert time.perf_counter() - t0 < 1.0  # typically 0.01-0.05 s per hundred
+
+
+# transforms ------------------------------------------------------------------------------
+def leaf(label: str, word: str) -> Tree:
+    return Tree(label, (word,))
+
+
+def np_sg(det: str, noun: str, *rest: Tree, anim: str = "a", adj: str | None = None) -> Tree:
+    nb_kids = ((Tree("AdjP", (leaf("Adj", adj),)),) if adj else ()) + (leaf(f"N_sg_{anim}", noun),)
+    return Tree("NP_sg", (leaf("Det_sg", det), Tree(f"NB_sg_{anim}", nb_kids)) + rest)
+
+
+@pytest.fixture(scope="module")
+def worked_tree():
+    """"the big dog who chases a cat often sleeps after boats", built by hand."""
+    rc = Tree("RC_sg_a", ("who", Tree("VC_sg", (leaf("Vtr_sg", "chases"), Tree("NPo", (np_sg("a", "cat"),))))))
+    subject = np_sg("the", "dog", rc, adj="big")
+    boats = Tree("NPs", (Tree("NPs_pl", (Tree("NB_pl_i", (leaf("N_pl_i", "boats"),)),)),))
+    vp = Tree(
+        "VP_sg",
+        (
+            Tree("VC_sg", (leaf("Adv", "often"), leaf("Vin_sg", "sleeps"))),
+            Tree("PPvp", (leaf("Pvp", "after"), boats)),
+        ),
+    )
+    return Tree("S", (subject, vp))
+
+
+def test_worked_example_is_a_derivation(grammar, worked_tree):
+    words = worked_tree.words()
+    assert " ".join(words) == "the big dog who chases a cat often sleeps after boats"
+    assert grammar.tree_log_prob(worked_tree) > -math.inf
+    assert grammar.log_prob(tuple(words)) == pytest.approx(grammar.tree_log_prob(worked_tree))
+
+
+def test_summary_keeps_the_core_clause(worked_tree):
+    assert english.summarize(worked_tree) == "the dog sleeps".split()
+    cop = Tree("S", (Tree("NP_pl", (leaf("Det_pl", "the"), Tree("NB_pl_a", (leaf("N_pl_a", "dogs"),)))),
+                     Tree("VP_pl", (Tree("VC_pl", (leaf("Cop_pl", "are"), leaf("Adj", "happy"))),))))
+    assert english.summarize(cop) == "the dogs are happy".split()  # predicate stays
+
+
+def test_translation_reorders_then_maps_words(worked_tree):
+    lex = english.target_lexicon()
+    # noun before adjective, object before verb, adverbial PP first, postpositions
+    order = "the dog big who a cat chases boats after often sleeps".split()
+    assert english.translate(worked_tree) == [lex[w] for w in order]
+
+
+def test_target_lexicon_is_a_bijection_into_new_words():
+    lex = english.target_lexicon()
+    assert set(lex) == set(english.vocabulary())
+    assert len(set(lex.values())) == len(lex)
+    assert not set(lex.values()) & set(english.vocabulary())
+    assert lex == english.target_lexicon.__wrapped__()  # deterministic
+
+
+def test_summaries_are_grammatical_and_translations_permute(grammar, trees):
+    inverse = {v: k for k, v in english.target_lexicon().items()}
+    shorter = 0
+    for t in trees[:300]:
+        words = t.words()
+        summary = english.summarize(t)
+        assert grammar.accepts(summary)
+        shorter += len(summary) < len(words)
+        assert sorted(inverse[w] for w in english.translate(t)) == sorted(words)
+    assert shorter > 100
+
+
+# the tasks -------------------------------------------------------------------------------
+def small(cls, **kw):
+    return cls(cls.Config(train_sentences=kw.pop("train", 300), valid_sentences=kw.pop("valid", 100), **kw))
+
+
+def test_unconditional_layout(grammar):
+    task = small(GrammarTask).load(seq_len=16, num_eval=0, seed=0)
+    spec, tok = task.spec, task.tokenizer
+    assert task.train.shape == (300, 16) and task.valid.shape == (100, 16)
+    assert task.train.dtype == torch.int64
+    assert spec.prefix_len == 0 and not spec.conditional
+    assert (spec.vocab_size, spec.eos_id, spec.mask_id, spec.pad_id) == (tok.vocab_size, 3, 4, 0)
+    assert task.eval_prefixes is None and task.references is None
+    assert isinstance(task.oracle, GrammarOracle) and task.oracle.max_len == 15
+    for row in task.train.tolist():
+        n = row.index(3)  # at least one EOS ...
+        assert all(i == 3 for i in row[n:])  # ... and only EOS after it
+        assert task.oracle.accepts(tok.decode(row[:n]).split())
+    assert task.info["entropy_rate_nats"] == pytest.approx(task.oracle.entropy_rate())
+
+
+def test_corpus_is_deterministic_by_seed():
+    synthetic._sentences.cache_clear()
+    a = small(GrammarTask).load(seq_len=24, num_eval=0, seed=5)
+    synthetic._sentences.cache_clear()
+    b = small(GrammarTask).load(seq_len=24, num_eval=0, seed=5)
+    c = small(GrammarTask).load(seq_len=24, num_eval=0, seed=6)
+    assert torch.equal(a.train, b.train) and torch.equal(a.valid, b.valid)
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert not torch.equal(a.train, c.train)
+    assert not torch.equal(a.train[:100], a.valid)  # splits use different streams
+
+
+def test_too_short_sequences_are_a_config_error():
+    with pytest.raises(ConfigError, match="seq_len"):
+        GrammarTask().load(seq_len=4, num_eval=0, seed=0)
+    with pytest.raises(ConfigError, match="seq_len"):
+        GrammarSummarizeTask().load(seq_len=8, num_eval=4, seed=0)
+    with pytest.raises(pydantic.ValidationError):
+        GrammarTask.Config(train_sentence=3)
+
+
+@pytest.mark.parametrize("cls", [GrammarTranslateTask, GrammarSummarizeTask])
+def test_conditional_layout(cls):
+    seq_len, num_eval = 33, 40
+    task = small(cls).load(seq_len=seq_len, num_eval=num_eval, seed=1)
+    spec, tok = task.spec, task.tokenizer
+    assert spec.prefix_len == 16 and spec.conditional
+    assert task.train.shape == (300, seq_len) and task.eval_prefixes.shape == (num_eval, 16)
+    assert len(task.references) == len(task.sources) == num_eval
+    assert isinstance(task.oracle, synthetic.TransductionOracle)
+    inverse = {v: k for k, v in english.target_lexicon().items()}
+    for row in task.train.tolist():
+        src, tgt = row[:16], row[16:]
+        assert src[-1] == 3 and tgt[-1] == 3  # both sides end in EOS padding
+        src_words = tok.decode(tok.cut_at_eos(src)).split()
+        tgt_words = tok.decode(tok.cut_at_eos(tgt)).split()
+        assert all(i == 3 for i in src[len(src_words) :])
+        if cls is GrammarTranslateTask:
+            assert sorted(inverse[w] for w in tgt_words) == sorted(src_words)
+        else:
+            it = iter(src_words)
+            assert all(w in it for w in tgt_words)  # a subsequence of the source
+    train_sources = {tok.decode(tok.cut_at_eos(r[:16])) for r in task.train.tolist()}
+    for prefix, source in zip(task.eval_prefixes.tolist(), task.sources):
+        assert tok.decode(tok.cut_at_eos(prefix)) == source
+    assert len(set(task.sources)) == num_eval and not set(task.sources) & train_sources
+
+
+# the metrics -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def capped_task():
+    """seq_len 16: about 5% of the grammar is too long, so the length correction matters."""
+    return small(GrammarTask, train=10, valid=2500).load(seq_len=16, num_eval=0, seed=3)
+
+
+def test_oracle_nll_of_data_is_the_entropy_rate(capped_task):
+    oracle = capped_task.oracle
+    assert 0.02 < 1 - oracle.p_fit < 0.2
+    gen = generation_from_rows(capped_task.valid, capped_task)
+    value = OracleNLL().compute(gen, capped_task)
+    assert value.details["accepted"] == 2500
+    assert abs(value.value - oracle.entropy_rate()) < 4 * value.stderr
+    assert value.stderr < 0.05
+    per_sentence = value.details["nll_per_sentence"]
+    assert abs(per_sentence - oracle.entropy()) < 4 * value.details["nll_per_sentence_stderr"]
+    assert GrammarAccept().compute(gen, capped_task).value == 1.0
+
+
+def test_metrics_on_crafted_samples(capped_task):
+    task, tok = capped_task, capped_task.tokenizer
+    oracle = task.oracle
+
+    def row(text: str, eos: bool = True) -> list[int]:
+        ids = tok.encode(text) if text else []
+        pad = [3] if eos else [tok.encode("the")[0]]
+        return (ids + pad * 16)[:16]
+
+    texts = [
+        "the dog sleeps",  # fine
+        "dogs chase the cats",  # fine
+        "the dog sleep",  # agreement violation
+        "",  # empty sentence
+        "the dog sleeps",  # never ends: no EOS anywhere
+    ]
+    rows = torch.tensor([row(t, eos=i != 4) for i, t in enumerate(texts)])
+    rows[0, 5:8] = torch.tensor(tok.encode("cats the a"))  # junk after the first EOS is ignored
+    gen = generation_from_rows(rows, task)
+    acc = GrammarAccept().compute(gen, task)
+    assert acc.value == pytest.approx(2 / 5) and acc.details["no_eos"] == 1
+    nll = OracleNLL().compute(gen, task)
+    a, b = oracle.nll("the dog sleeps".split()), oracle.nll("dogs chase the cats".split())
+    assert nll.value == pytest.approx((a + b) / (4 + 5))
+    assert nll.details["accepted"] == 2 and nll.details["nll_per_sentence"] == pytest.approx((a + b) / 2)
+    assert a == pytest.approx(-english.english_grammar().log_prob(("the", "dog", "sleeps")) + oracle.log_p_fit)
+
+
+def test_exact_match():
+    gen = Generation(ids=torch.zeros(3, 4, dtype=torch.long), tokens=[[], [], []],
+                     texts=["a b", "a  b c", "x"], references=["a b", "a b c", "y"])
+    value = ExactMatch().compute(gen, None)
+    assert value.value == pytest.approx(2 / 3) and value.details["n"] == 3
+
+
+def test_metrics_apply_only_where_they_can(capped_task):
+    translate = small(GrammarTranslateTask).load(seq_len=24, num_eval=4, seed=0)
+    for metric in (OracleNLL(), GrammarAccept()):
+        assert metric.applies_to(capped_task) and not metric.applies_to(translate)
+    assert ExactMatch().applies_to(translate) and not ExactMatch().applies_to(capped_task)
+
+
+def test_plugins_register_tasks_and_metrics():
+    tasks, metrics = [], []
+    synthetic.register_tasks(register=tasks.append)
+    oracle_metrics.register_metrics(register=metrics.append)
+    assert {t.name: t.default_metrics for t in tasks} == {
+        "grammar": ("oracle-nll", "grammar-accept", "unigram-entropy"),
+        "grammar-translate": ("exact-match", "bleu", "rouge"),
+        "grammar-summarize": ("exact-match", "bleu", "rouge"),
+    }
+    assert {m.name: m.higher_is_better for m in metrics} == {
+        "oracle-nll": False, "grammar-accept": True, "exact-match": True,
+    }
+    assert all(m.description for m in metrics)
