@@ -23,6 +23,8 @@ ENTRY_POINT_GROUP = "dlmbench"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "dlmbench.builtin.ar",
     "dlmbench.tasks.synthetic",
+    "dlmbench.tasks.text",
+    "dlmbench.tasks.hub",
     "dlmbench.metrics.oracle",
     "dlmbench.metrics.text",
 )

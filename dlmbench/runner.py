@@ -8,6 +8,7 @@ plugin's cells, with the error recorded; the other cells still run.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class Runner:
         if self.device.type == "cuda" and self.world.size > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.cache = Path(self.config.cache)
+        os.environ.setdefault("DLMBENCH_CACHE", str(self.cache))  # tasks cache built data there too
         if not self.world.is_main:  # one voice and one writer: rank 0
             self.echo, self.progress = (lambda *_: None), False
 

@@ -49,6 +49,7 @@ class TextTokenizer:
             vocab_size=vocab_size,
             special_tokens=list(SPECIAL_TOKENS),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
