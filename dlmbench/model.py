@@ -91,6 +91,13 @@ class Model(torch.nn.Module):
         """
         return None
 
+    def on_fit_start(self, total_steps: int) -> None:
+        """Called once by the training loop before the first step (default: nothing).
+
+        Lets a model adapt to the run's length, e.g. Duo's curriculum, which spans a
+        fraction of training.
+        """
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser updates (a frozen encoder is left out)."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -106,6 +106,7 @@ def fit(
     opt = build_optimizer(model)
     base_lrs = [g["lr"] for g in opt.param_groups]
     ema = EMA(model.trainable_parameters(), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    model.on_fit_start(steps)
     model.train()
     report = TrainReport(steps=steps, tokens=batch_size * train.shape[1] * steps)
     order = torch.randperm(train.shape[0], generator=gen)
