@@ -1,0 +1,95 @@
+"""Duo samplers (mdlm_duo.md section 3, "Samplers"): ``ancestral`` and ``greedy_tail``.
+
+Both start from the uniform prior over all K ids and walk the grid
+``t_i = linspace(1, final_t, steps + 1)`` (``final_t = 1e-5``); each step draws every
+target position from the exact posterior ``q(z_s | z_t, x = x_theta(z_t, t))`` in
+float64 (``_ancestral_update`` with ``_compute_posterior``). Then one more network call
+at ``t = final_t`` (``sampling.noise_removal``):
+
+* ``ancestral``: one more posterior draw with ``alpha_s = 1`` (the Bayes posterior of
+  ``x`` given ``z_t`` under ``x_theta``; the code's ``noise_removal=ancestral``);
+* ``greedy_tail``: the argmax of ``x_theta`` (Greedy-Tail, ``noise_removal=greedy``).
+
+So the NFE is ``steps + 1`` for both. There is no caching: Duo is time-conditioned and
+every position may change at every step. Draws use
+:func:`dlmbench.categorical.sample_categorical` (float64) with ``request.generator``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from dlmbench.categorical import sample_categorical
+from dlmbench.data import DataSpec, SampleRequest
+from dlmbench.errors import ConfigError
+from dlmbench.model import Model
+from dlmbench.sampler import Sampler, SamplerConfig
+
+from dlmbench_duo.model import uniform_posterior
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class DuoSamplerConfig(SamplerConfig):
+    final_t: float = Field(1e-5, gt=0.0, lt=1.0, description="last time of the grid (the code's eps)")
+
+
+class _DuoSampler(Sampler):
+    model = "duo"
+    Config = DuoSamplerConfig
+    greedy_tail: ClassVar[bool] = False
+
+    def max_nfe(self, steps: int, spec: DataSpec | None = None) -> int:
+        return steps + 1
+
+    def _x_theta(self, model: Model, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Float64 probabilities ``x_theta(z_t, t)``, ``(n, L, K)``."""
+        tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+        logits = model.network(x, model.conditioning(tt))
+        return torch.softmax(logits.double(), dim=-1)
+
+    @torch.no_grad()
+    def sample(self, model: Model, request: SampleRequest) -> torch.Tensor:
+        spec, gen = model.spec, request.generator
+        n, L, P, K = request.num_samples, spec.seq_len, spec.prefix_len, spec.vocab_size
+        device = model_device(model)
+        x = torch.randint(0, K, (n, L), generator=gen, device=device)
+        if P > 0:
+            if request.prefix is None or tuple(request.prefix.shape) != (n, P):
+                got = None if request.prefix is None else tuple(request.prefix.shape)
+                raise ConfigError(f"conditional task: request.prefix must be ({n}, {P}), got {got}")
+            x[:, :P] = request.prefix.to(device=device, dtype=torch.long)
+        grid = torch.linspace(1.0, self.config.final_t, request.steps + 1, dtype=torch.float64)
+        alphas = model.alpha(grid)  # float64
+        for i in range(request.steps):
+            probs = self._x_theta(model, x, float(grid[i]))
+            q = uniform_posterior(probs[:, P:], x[:, P:], float(alphas[i]), float(alphas[i + 1]))
+            x[:, P:] = sample_categorical(q, gen)
+        probs = self._x_theta(model, x, float(grid[-1]))
+        if self.greedy_tail:
+            x[:, P:] = probs[:, P:].argmax(dim=-1)
+        else:
+            q = uniform_posterior(probs[:, P:], x[:, P:], float(alphas[-1]), 1.0)
+            x[:, P:] = sample_categorical(q, gen)
+        return x
+
+
+class DuoAncestral(_DuoSampler):
+    """Ancestral sampling with the exact posterior; final step a posterior draw at alpha_s = 1."""
+
+    name = "ancestral"
+
+
+class DuoGreedyTail(_DuoSampler):
+    """Ancestral sampling with a greedy (argmax) last step: Duo's Greedy-Tail."""
+
+    name = "greedy_tail"
+    greedy_tail = True

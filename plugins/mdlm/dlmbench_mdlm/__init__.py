@@ -1,0 +1,11 @@
+"""MDLM for dlmbench (Sahoo et al., NeurIPS 2024; mdlm_duo.md section 2).
+
+Registers the model ``mdlm`` and its samplers ``ddpm`` and ``ddpm_cache`` (default).
+:func:`load_official` loads the released ``kuleshov-group/mdlm-owt`` weights.
+"""
+
+from dlmbench_mdlm.model import MDLM, MDLMConfig, subs_log_probs
+from dlmbench_mdlm.official import gpt2_spec, load_official
+from dlmbench_mdlm.samplers import MDLMDDPM, MDLMDDPMCache
+
+__all__ = ["MDLM", "MDLMConfig", "MDLMDDPM", "MDLMDDPMCache", "gpt2_spec", "load_official", "subs_log_probs"]

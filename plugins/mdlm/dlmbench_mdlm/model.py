@@ -1,0 +1,227 @@
+"""MDLM: masked (absorbing-state) diffusion with the SUBS parameterisation.
+
+Implements mdlm_duo.md section 2 (forward process, SUBS, NELBO, time conditioning) on the
+shared DiT of section 1 (:mod:`dlmbench.nn.dit`). Following ``kuleshov-group/mdlm``
+(``diffusion.py``, ``noise_schedule.py``) where it and the paper differ:
+
+* **Schedule**: log-linear, ``alpha_t = 1 - (1 - eps) t`` with ``eps = 1e-3``, i.e.
+  ``sigma(t) = -log(1 - (1 - eps) t)``; each position is masked independently with
+  probability ``1 - alpha_t``.
+* **SUBS**: ``-1e6`` is added to the ``[MASK]`` logit before log-normalising (the model
+  never predicts the mask), and unmasked positions carry their token over (log-prob 0 on
+  ``z_t``, ``-1e6`` elsewhere), so they contribute no loss and are never changed.
+* **Continuous-time NELBO** (T = 0): ``-alpha'_t / (1 - alpha_t) * log p_theta(x | z_t)``
+  on masked positions; for this schedule the weight is exactly ``1/t`` (the code writes it
+  ``dsigma / expm1(sigma)``). ``t`` is drawn with the code's "antithetic" stratification
+  ``t_i = eps + (1 - eps) ((u_i + i) / n mod 1)`` (one ``u_i`` per row, one ``t`` per
+  sequence). The training loss sums over masked positions and divides by the number of
+  *all* loss positions in the batch (the code averages over every token, BOS/EOS
+  included); :meth:`MDLM.nelbo` returns the per-sequence sum (nats).
+* **Discrete-time bound** (``T > 0``, the code's D3PM-style ``_d3pm_loss``): ``t`` is
+  snapped to ``{1/T, ..., 1}`` and the weight is ``T (alpha_s - alpha_t) / (1 - alpha_t)``
+  with ``s = t - 1/T``; under SUBS the mask-probability terms of the code vanish and this
+  is again ``1/t`` for the log-linear schedule. Like the code, no prior or reconstruction
+  term is added (both vanish under SUBS, up to the ``eps`` of ``alpha_1``).
+* **Time conditioning**: off by default, as in the released OWT model
+  (``time_conditioning: False``); sigma is then zeroed before ``sigma_map``. This is what
+  makes the cached sampler exact.
+
+Conditional tasks (``spec.prefix_len > 0``): the prefix is never masked and the loss and
+the bound cover target positions only (intersected with ``batch.loss_mask`` if given).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from dlmbench.data import Batch, DataSpec
+from dlmbench.errors import ConfigError
+from dlmbench.model import Model, ModelConfig
+from dlmbench.nn.dit import SIZES, DiT
+
+#: The code's ``neg_infinity`` (``diffusion.py``), used by SUBS.
+NEG_INFINITY = -1_000_000.0
+
+
+class MDLMConfig(ModelConfig):
+    """MDLM options; defaults are the released OWT recipe (``small``).
+
+    Optimiser (mdlm_duo.md section 1): AdamW 3e-4, betas (0.9, 0.999), weight decay 0,
+    2500 warmup steps then constant, gradient clip 1.0, EMA 0.9999.
+    """
+
+    presets = {
+        "tiny": {**SIZES["tiny"].as_dict(), "warmup_steps": 100},
+        "small": {**SIZES["small"].as_dict()},
+    }
+
+    # architecture (mdlm_duo.md section 1, config model=small)
+    hidden_size: int = Field(768, gt=0)
+    n_blocks: int = Field(12, gt=0)
+    n_heads: int = Field(12, gt=0)
+    cond_dim: int = Field(128, gt=0)
+    mlp_ratio: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
+    bf16: bool = True  # bf16 autocast of the blocks on CUDA (CPU always runs fp32)
+    # diffusion (section 2)
+    noise_eps: float = Field(1e-3, ge=0.0, lt=1.0)  # log-linear schedule: alpha_1 = noise_eps
+    sampling_eps: float = Field(1e-3, gt=0.0, lt=1.0)  # t ~ U[sampling_eps, 1]
+    antithetic_sampling: bool = True
+    time_conditioning: bool = False
+    T: int = Field(0, ge=0)  # 0: continuous-time NELBO; > 0: the discrete-time bound
+    # optimiser defaults (section 1)
+    lr: float = 3e-4
+    warmup_steps: int = 2500
+    ema_decay: float = 0.9999
+
+    @model_validator(mode="after")
+    def _check(self) -> "MDLMConfig":
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by n_heads={self.n_heads}")
+        if (self.hidden_size // self.n_heads) % 2:
+            raise ValueError("the head dimension hidden_size / n_heads must be even (rotary)")
+        return self
+
+
+# -- schedule and parameterisation (module-level so tests can check them) --------------------
+def loglinear_alpha(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """``alpha_t = 1 - (1 - eps) t`` (the probability a token is still clean)."""
+    return 1 - (1 - eps) * t
+
+
+def loglinear_dalpha(t: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.full_like(t, -(1 - eps))
+
+
+def loglinear_sigma(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """Total noise ``sigma(t) = -log(1 - (1 - eps) t)``."""
+    return -torch.log1p(-(1 - eps) * t)
+
+
+def continuous_weight(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """``-alpha'_t / (1 - alpha_t)``: exactly ``1/t`` for the log-linear schedule."""
+    return -loglinear_dalpha(t, eps) / (1 - loglinear_alpha(t, eps))
+
+
+def discrete_weight(t: torch.Tensor, T: int, eps: float) -> torch.Tensor:
+    """``T (alpha_s - alpha_t) / (1 - alpha_t)`` with ``s = t - 1/T`` (also ``1/t`` here)."""
+    a_t, a_s = loglinear_alpha(t, eps), loglinear_alpha(t - 1.0 / T, eps)
+    return T * (a_s - a_t) / (1 - a_t)
+
+
+def sample_times(n: int, device: torch.device, eps: float, antithetic: bool,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``t ~ U[eps, 1]``, stratified over the batch as the code's ``_sample_t``."""
+    u = torch.rand(n, device=device, generator=generator)
+    if antithetic:
+        u = (u / n + torch.arange(n, device=device) / n) % 1
+    return (1 - eps) * u + eps
+
+
+def mask_bias(vocab_size: int, mask_id: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    bias = torch.zeros(vocab_size, device=device, dtype=dtype)
+    bias[mask_id] = NEG_INFINITY
+    return bias
+
+
+def subs_log_probs(logits: torch.Tensor, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """The SUBS parameterisation (``_subs_parameterization``) of raw ``(B, L, K)`` logits.
+
+    Adds ``-1e6`` to the mask logit, log-normalises, then overwrites every unmasked
+    position with a one-hot log-distribution on its current token (0 / ``-1e6``).
+    """
+    logits = logits + mask_bias(logits.shape[-1], mask_id, logits.device, logits.dtype)
+    log_p = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    carry = torch.full_like(log_p, NEG_INFINITY).scatter_(-1, xt.unsqueeze(-1), 0.0)
+    return torch.where((xt != mask_id).unsqueeze(-1), carry, log_p)
+
+
+class MDLM(Model):
+    """Masked diffusion LM (Sahoo et al., NeurIPS 2024); ``network`` is the DiT."""
+
+    name = "mdlm"
+    Config = MDLMConfig
+    default_sampler = "ddpm_cache"
+
+    def __init__(self, config: MDLMConfig, spec: DataSpec):
+        super().__init__(config, spec)
+        if not 0 <= spec.mask_id < spec.vocab_size:
+            raise ConfigError(f"mdlm needs spec.mask_id inside the vocabulary, got {spec.mask_id}")
+        self.backbone = DiT(
+            spec.vocab_size,
+            hidden_size=config.hidden_size,
+            n_blocks=config.n_blocks,
+            n_heads=config.n_heads,
+            cond_dim=config.cond_dim,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+            attention_backend=config.attention_backend,
+            bf16=config.bf16,
+        )
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.backbone
+
+    # -- schedule -------------------------------------------------------------------------
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return loglinear_alpha(t, self.config.noise_eps)
+
+    def conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        """The ``sigma`` fed to the network: ``sigma(t)``, or zeros without time conditioning."""
+        if not self.config.time_conditioning:
+            return torch.zeros_like(t, dtype=torch.float32)
+        return loglinear_sigma(t, self.config.noise_eps).float()
+
+    def log_probs(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """SUBS log-probabilities ``log x_theta(z_t, t)``, ``(B, L, K)`` fp32."""
+        return subs_log_probs(self.network(xt, self.conditioning(t)), xt, self.spec.mask_id)
+
+    # -- objective ------------------------------------------------------------------------
+    def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noised, scored) boolean ``(B, L)`` masks: the prefix is neither."""
+        tokens = batch.tokens
+        target = torch.arange(tokens.shape[1], device=tokens.device) >= self.spec.prefix_len
+        noised = target.unsqueeze(0).expand_as(tokens)
+        scored = noised if batch.loss_mask is None else noised & batch.loss_mask.to(torch.bool)
+        return noised, scored
+
+    def token_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position NELBO terms ``(B, L)`` (zero off the scored positions) and the
+        scored-position mask. One time ``t`` per sequence."""
+        x0 = batch.tokens
+        B, L = x0.shape
+        cfg = self.config
+        noised, scored = self._positions(batch)
+        if bool((x0[scored] == self.spec.mask_id).any()):
+            raise ValueError("mdlm: the data contains spec.mask_id at a scored position")
+        t = sample_times(B, x0.device, cfg.sampling_eps, cfg.antithetic_sampling)
+        if cfg.T > 0:
+            t = ((t * cfg.T).floor().clamp(max=cfg.T - 1) + 1) / cfg.T  # t in {1/T, ..., 1}
+            weight = discrete_weight(t, cfg.T, cfg.noise_eps)
+        else:
+            weight = continuous_weight(t, cfg.noise_eps)
+        move = 1 - self.alpha(t)
+        masked = (torch.rand(B, L, device=x0.device) < move[:, None]) & noised
+        xt = torch.where(masked, torch.full_like(x0, self.spec.mask_id), x0)
+        logits = self.network(xt, self.conditioning(t))
+        # SUBS: unmasked positions carry over (log-prob 0: no loss), so only masked
+        # positions need the normalised log-probability of the clean token.
+        logits = logits + mask_bias(logits.shape[-1], self.spec.mask_id, logits.device)
+        nll = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view(B, L)
+        per_token = nll * weight[:, None] * (masked & scored)
+        return per_token, scored
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        per_token, scored = self.token_losses(batch)
+        return per_token.sum() / scored.sum().clamp_min(1)
+
+    def nelbo(self, batch: Batch) -> torch.Tensor:
+        per_token, _ = self.token_losses(batch)
+        return per_token.sum(-1)
+

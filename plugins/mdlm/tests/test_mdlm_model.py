@@ -1,0 +1,167 @@
+"""MDLM closed forms: the 1/t weight, SUBS, time sampling, the NELBO and prefix handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dlmbench.data import Batch, DataSpec
+from dlmbench_mdlm import MDLM, MDLMConfig, subs_log_probs
+from dlmbench_mdlm.model import (
+    NEG_INFINITY,
+    continuous_weight,
+    discrete_weight,
+    loglinear_sigma,
+    sample_times,
+)
+
+EPS = 1e-3
+SPEC = DataSpec(vocab_size=8, seq_len=6, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
+
+
+class IndependentDenoiser(nn.Module):
+    """Returns log ``pi`` at every position: the exact ``E[x | z_t]`` for independent tokens."""
+
+    def __init__(self, probs: torch.Tensor, record: bool = False):
+        super().__init__()
+        self.register_buffer("logits", probs.clamp_min(1e-30).log())
+        self.record = record
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, sigma):
+        if self.record:
+            self.inputs.append((x.clone(), sigma.clone()))
+        return self.logits.expand(x.shape[0], -1, -1).clone()
+
+
+def token_probs(spec: DataSpec, seed: int = 0) -> torch.Tensor:
+    """Random per-position distributions over the ordinary (non-special) tokens."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(spec.seq_len, spec.vocab_size, generator=g) + 0.1
+    probs[:, :5] = 0.0  # pad, unk, bos, eos, mask never occur
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def stand_in_model(spec: DataSpec, probs: torch.Tensor, record: bool = False, **options) -> MDLM:
+    model = MDLM(MDLMConfig.from_preset("tiny", **options), spec)
+    model.backbone = IndependentDenoiser(probs, record)
+    return model.eval()
+
+
+def test_continuous_weight_is_one_over_t():
+    t = torch.linspace(EPS, 1.0, 101, dtype=torch.float64)
+    torch.testing.assert_close(continuous_weight(t, EPS), 1 / t)
+    # the code's form, dsigma / expm1(sigma)
+    sigma = loglinear_sigma(t, EPS)
+    dsigma = (1 - EPS) / (1 - (1 - EPS) * t)
+    torch.testing.assert_close(dsigma / torch.expm1(sigma), 1 / t)
+
+
+def test_discrete_weight_is_one_over_t_on_the_grid():
+    T = 10
+    t = torch.arange(1, T + 1, dtype=torch.float64) / T
+    torch.testing.assert_close(discrete_weight(t, T, EPS), 1 / t)
+
+
+def test_antithetic_times_cover_every_stratum():
+    n = 16
+    t = sample_times(n, torch.device("cpu"), EPS, antithetic=True)
+    u = (t - EPS) / (1 - EPS)
+    assert torch.equal((u * n).floor().long().sort().values, torch.arange(n))
+    assert float(t.min()) >= EPS and float(t.max()) <= 1.0
+
+
+def test_subs_never_predicts_the_mask_and_keeps_unmasked_tokens():
+    torch.manual_seed(0)
+    mask_id = SPEC.mask_id
+    logits = torch.randn(3, 6, SPEC.vocab_size) * 5
+    logits[..., mask_id] = 50.0  # even a huge mask logit is suppressed
+    xt = torch.randint(0, SPEC.vocab_size, (3, 6))
+    xt[:, ::2] = mask_id
+    log_p = subs_log_probs(logits, xt, mask_id)
+    p = log_p.exp()
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, 6))
+    assert float(p[..., mask_id].max()) == 0.0
+    unmasked = xt != mask_id
+    assert torch.equal(log_p[unmasked].argmax(-1), xt[unmasked])
+    assert torch.equal(log_p[unmasked].gather(-1, xt[unmasked][:, None]).squeeze(-1), torch.zeros(int(unmasked.sum())))
+    others = log_p[unmasked].scatter(-1, xt[unmasked][:, None], NEG_INFINITY)
+    assert float(others.max()) == NEG_INFINITY
+
+
+@pytest.mark.parametrize("T", [0, 10])
+def test_nelbo_matches_its_closed_form_in_expectation(T):
+    """For x_theta = pi (independent tokens) E[nelbo] = (1 - eps) sum_l -log pi_l(x_l):
+    the weight times the masking probability integrates to (1 - eps) over t ~ U[eps, 1]."""
+    probs = token_probs(SPEC)
+    model = stand_in_model(SPEC, probs, T=T)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.multinomial(probs, 1000, replacement=True, generator=g).T.contiguous()  # (1000, L)
+    expected = (1 - EPS) * -probs.log().gather(1, x0.T).T.sum(-1)
+    torch.manual_seed(2)
+    diffs = torch.cat([model.nelbo(Batch(x0)) - expected for _ in range(10)])
+    se = diffs.std() / diffs.numel() ** 0.5
+    assert abs(float(diffs.mean())) < 4 * float(se), (float(diffs.mean()), float(se))
+
+
+def test_loss_averages_over_all_scored_positions():
+    probs = token_probs(SPEC)
+    model = stand_in_model(SPEC, probs)
+    x0 = torch.multinomial(probs, 64, replacement=True).T.contiguous()
+    torch.manual_seed(3)
+    per_token, scored = model.token_losses(Batch(x0))
+    torch.manual_seed(3)
+    assert torch.allclose(model.loss(Batch(x0)), per_token.sum() / scored.sum())
+    torch.manual_seed(3)
+    assert torch.allclose(model.nelbo(Batch(x0)), per_token.sum(-1))
+
+
+def test_prefix_is_never_masked_and_not_scored():
+    spec = DataSpec(vocab_size=8, seq_len=6, pad_id=0, bos_id=2, eos_id=3, mask_id=4, prefix_len=3)
+    probs = token_probs(spec)
+    model = stand_in_model(spec, probs, record=True)
+    x0 = torch.multinomial(probs, 256, replacement=True).T.contiguous()
+    per_token, scored = model.token_losses(Batch(x0))
+    xt, sigma = model.backbone.inputs[-1]
+    assert torch.equal(xt[:, :3], x0[:, :3])
+    assert bool((xt[:, 3:] == spec.mask_id).any())
+    assert not bool(scored[:, :3].any()) and bool(scored[:, 3:].all())
+    assert float(per_token[:, :3].abs().sum()) == 0.0
+    # an explicit loss_mask narrows the scored positions further
+    loss_mask = torch.zeros_like(x0, dtype=torch.bool)
+    loss_mask[:, 4] = True
+    per_token, scored = model.token_losses(Batch(x0, loss_mask))
+    assert torch.equal(scored, loss_mask)
+    assert float(per_token[:, [3, 5]].abs().sum()) == 0.0
+
+
+def test_time_conditioning_off_zeroes_sigma():
+    probs = token_probs(SPEC)
+    x0 = torch.multinomial(probs, 8, replacement=True).T.contiguous()
+    off = stand_in_model(SPEC, probs, record=True)
+    off.loss(Batch(x0))
+    assert torch.equal(off.backbone.inputs[-1][1], torch.zeros(8))
+    on = stand_in_model(SPEC, probs, record=True, time_conditioning=True)
+    on.loss(Batch(x0))
+    assert float(on.backbone.inputs[-1][1].min()) > 0
+
+
+def test_mask_token_in_the_data_is_refused():
+    model = stand_in_model(SPEC, token_probs(SPEC))
+    x0 = torch.full((2, 6), 5)
+    x0[0, 1] = SPEC.mask_id
+    with pytest.raises(ValueError, match="mask_id"):
+        model.loss(Batch(x0))
+
+
+def test_real_network_loss_is_finite_and_backpropagates():
+    torch.manual_seed(0)
+    model = MDLM(MDLMConfig.from_preset("tiny"), SPEC).train()
+    x0 = torch.randint(5, 8, (4, 6))
+    loss = model.loss(Batch(x0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.backbone.output_layer.linear.weight.grad.abs().sum() > 0
+    bound = model.nelbo(Batch(x0))
+    assert bound.shape == (4,) and bool((bound >= 0).all())
