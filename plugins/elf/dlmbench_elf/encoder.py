@@ -1,0 +1,228 @@
+"""Tokens -> continuous latents: the T5 encoder side of ELF (elf.md sections 1 and 7).
+
+The reference latents are the final-RMSNorm hidden states of the frozen original
+T5-small encoder, normalised by a scalar: ``x = (Enc(s) - 0) / 0.2``. This module
+provides that and the embedding ablations of elf.md section 7 behind one switch
+(``config.encoder``):
+
+``frozen``            pretrained T5 (``encoder_name``: ``t5-small`` or a local path), frozen.
+``joint``             a T5 (pretrained if named, else random init) trained with the flow.
+``random``            a randomly initialised T5, frozen (the embedded CPU default: a tiny
+                      T5 built from the config over the task's own vocabulary).
+``token-embeddings``  the T5 input embedding table only, frozen, no contextualisation
+                      (pretrained if named; otherwise N(0, 1) rows: the paper's
+                      "frozen Gaussian" ablation).
+``learned``           a learned table, tied to the decode head's unembedding and
+                      renormalised to unit RMS per row (the paper's worst variant; the
+                      renormalisation is applied functionally at every forward, which is
+                      what "renormalise the unembedding each step" computes for the
+                      forward pass).
+
+Masks (elf.md section 1, code ``train_step``): on conditional tasks source queries attend
+only to source keys (so the source latents never see the target and can be recomputed
+from the source alone at sampling time); target queries see every valid key; for
+label-dropped rows target queries do not see the source either. Pads (``spec.pad_id``)
+are masked as keys, as in the reference's ``pad_token == "pad"`` configs.
+
+Normaliser. The 0.2 of the reference is the measured std of *pretrained* T5-small
+latents. A randomly initialised T5 ends in an RMSNorm with unit weight, so its latents
+have RMS exactly 1 per vector and std ~1: dividing by 0.2 would give std-5 latents and a
+signal-to-noise ratio 6x off the reference's. ``latent_scale=None`` therefore estimates
+the std on a fixed random-token probe at build time (exactly right for random
+RMSNorm-terminated encoders; for pretrained T5 the reference's 0.2 is set by the B/M/L
+presets). The value is kept in a buffer so checkpoints reproduce it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dlmbench.data import DataSpec
+from dlmbench.errors import ConfigError, HubUnavailableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dlmbench_elf.model import ELFConfig
+
+ENCODER_MODES = ("frozen", "joint", "random", "token-embeddings", "learned")
+FROZEN_MODES = ("frozen", "random", "token-embeddings")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_pretrained_t5(name: str, pretrained_weights: bool = True):
+    """``T5EncoderModel`` (or only its config) from a hub name or local directory.
+
+    Never passes ``trust_remote_code``. With ``HF_HUB_OFFLINE`` set it looks only at local
+    files, so a missing model fails at once with :class:`HubUnavailableError`.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    local = os.path.isdir(os.path.expanduser(name))
+    path = os.path.expanduser(name) if local else name
+    try:
+        if pretrained_weights:
+            model = T5EncoderModel.from_pretrained(
+                path, dropout_rate=0.0, local_files_only=local or _offline()
+            )
+            config = model.config
+        else:
+            model = None
+            config = T5Config.from_pretrained(path, local_files_only=local or _offline())
+    except (OSError, ValueError) as err:
+        if local:
+            raise ConfigError(f"ELF encoder_name={name!r} is a directory but holds no loadable T5: {err}") from err
+        raise HubUnavailableError(
+            f"ELF encoder_name={name!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub (offline={_offline()}). Download it once and pass its directory as "
+            f"encoder_name, or use encoder='random' for a T5 built from the config."
+        ) from err
+    if getattr(config, "model_type", None) != "t5":
+        raise ConfigError(f"ELF encoder_name={name!r} is a {config.model_type!r} model, not T5")
+    return model, config
+
+
+def tiny_t5_config(config: "ELFConfig", vocab_size: int):
+    """A T5 encoder config from the ELF config fields (original-T5 ReLU FFN, no dropout)."""
+    from transformers import T5Config
+
+    heads = config.encoder_heads
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=config.encoder_d_model,
+        d_kv=config.encoder_d_kv or config.encoder_d_model // heads,
+        d_ff=config.encoder_d_ff,
+        num_layers=config.encoder_layers,
+        num_heads=heads,
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        layer_norm_epsilon=1e-6,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+
+
+class LatentEncoder(nn.Module):
+    """``tokens (B, L) -> latents (B, L, D)``, already normalised: ``(Enc - mean) / scale``."""
+
+    def __init__(self, config: "ELFConfig", spec: DataSpec):
+        super().__init__()
+        from transformers import T5EncoderModel
+
+        self.mode = config.encoder
+        self.pad_id = spec.pad_id
+        self.t5: nn.Module | None = None
+        self.embed: nn.Embedding | None = None
+        self.table: nn.Parameter | None = None
+        vocab = spec.vocab_size
+        if self.mode == "learned":
+            # N(0, 1) rows; only their direction matters after the renormalisation.
+            self.table = nn.Parameter(torch.randn(vocab, config.encoder_d_model))
+            self.dim = config.encoder_d_model
+        else:
+            name = config.encoder_name
+            if name is not None:
+                pretrained = self.mode in ("frozen", "joint", "token-embeddings")
+                model, t5cfg = load_pretrained_t5(name, pretrained_weights=pretrained)
+                if t5cfg.vocab_size < vocab:
+                    raise ConfigError(
+                        f"ELF encoder {name!r} has {t5cfg.vocab_size} token embeddings but the task's "
+                        f"vocabulary has {vocab}; a pretrained T5 needs the task to use its tokenizer"
+                    )
+                if model is None:  # random init with the named architecture
+                    t5cfg.dropout_rate = 0.0
+                    model = T5EncoderModel(t5cfg)
+            else:
+                model = T5EncoderModel(tiny_t5_config(config, vocab))
+            self.dim = int(model.config.d_model)
+            if self.mode == "token-embeddings":
+                weight = model.get_input_embeddings().weight.detach()[:vocab].clone()
+                self.embed = nn.Embedding.from_pretrained(weight, freeze=True)
+            else:
+                self.t5 = model
+        if self.frozen:
+            for p in self.parameters():
+                p.requires_grad_(False)
+        self.register_buffer("latent_mean", torch.tensor(float(config.latent_mean)))
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        if self.mode == "learned":
+            scale = 1.0  # unit RMS by construction
+        elif config.latent_scale is not None:
+            scale = float(config.latent_scale)
+        else:
+            scale = self._estimate_scale(spec)
+        if not math.isfinite(scale) or scale <= 1e-6:
+            raise ConfigError(f"ELF encoder latents are degenerate (estimated scale {scale}); check the encoder")
+        self.latent_scale.fill_(scale)
+        self.train(False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.mode in FROZEN_MODES
+
+    def train(self, mode: bool = True) -> "LatentEncoder":
+        # A frozen encoder stays in eval mode even while the flow trains.
+        return super().train(mode and not self.frozen)
+
+    # masks ------------------------------------------------------------------------------
+    def attention_mask(self, tokens: Tensor, prefix_len: int, drop: Tensor | None) -> Tensor | None:
+        """Additive ``(B, 1, L, L)`` T5 mask (None when nothing is masked)."""
+        B, L = tokens.shape
+        keys = tokens != self.pad_id  # (B, L)
+        allowed = keys[:, None, :].expand(B, L, L)
+        if prefix_len > 0:
+            src = torch.arange(L, device=tokens.device) < prefix_len
+            # source queries see only source keys
+            allowed = allowed & ~(src[:, None] & ~src[None, :])[None]
+            if drop is not None:
+                # label-dropped rows: target queries do not see the source
+                block = (~src[:, None] & src[None, :])[None] & drop[:, None, None]
+                allowed = allowed & ~block
+        if bool(allowed.all()):
+            return None
+        dtype = next(self.t5.parameters()).dtype if self.t5 is not None else torch.float32
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=tokens.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    # latents ----------------------------------------------------------------------------
+    def raw(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None) -> Tensor:
+        """Un-normalised encoder output ``(B, L, D)``."""
+        if self.mode == "learned":
+            return self.unembedding()[tokens]
+        if self.embed is not None:
+            return self.embed(tokens)
+        mask = self.attention_mask(tokens, prefix_len, drop)
+        return self.t5(input_ids=tokens, attention_mask=mask).last_hidden_state
+
+    def forward(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None) -> Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                h = self.raw(tokens, prefix_len, drop)
+        else:
+            h = self.raw(tokens, prefix_len, drop)
+        return ((h.float() - self.latent_mean) / self.latent_scale)
+
+    def unembedding(self) -> Tensor | None:
+        """``learned`` mode: the renormalised table (unit RMS rows), tied to the decode head."""
+        if self.table is None:
+            return None
+        return F.normalize(self.table, dim=-1) * math.sqrt(self.table.shape[1])
+
+    @torch.no_grad()
+    def _estimate_scale(self, spec: DataSpec) -> float:
+        """Std of the encoder output on a fixed random-token probe (see module docstring)."""
+        if self.embed is not None:
+            return float((self.embed.weight.float() - self.latent_mean).std())
+        gen = torch.Generator().manual_seed(0)
+        length = max(1, min(spec.seq_len, 128))
+        tokens = torch.randint(0, spec.vocab_size, (8, length), generator=gen)
+        tokens = torch.where(tokens == spec.pad_id, (tokens + 1) % spec.vocab_size, tokens)
+        h = self.raw(tokens, 0, None).float()
+        return float((h - self.latent_mean).std())

@@ -1,0 +1,179 @@
+"""ELF samplers: Euler ODE and the code-form SDE churn sampler, then one decode pass.
+
+elf.md section 5 (paper B.2, Alg. 5-6; code ``torch_elf/sampling.py``).
+
+Steps and NFE. ``steps = N`` means N network evaluations before the decode pass: the time
+grid has N + 1 points ``0 = t_0 < ... < t_N = 1``; steps 1..N-1 use the ODE (or SDE)
+update and the last step, to t = 1, is always Euler, landing exactly on x_hat
+(when 1 - t_{N-1} >= t_eps = 0.05, as the code's clamp requires; a uniform grid with
+N > 20 steps has its last step clamped, as in the code). Then one decode pass (t = 1,
+decode mode, zero self-conditioning channel, same w) and argmax. So NFE = N + 1, or
+2N + 1 with input CFG on a conditional task, where the conditional and unconditional
+passes are batched into one forward of 2B rows (the core counts rows, so both count).
+
+Time grid. ``logit-normal`` (default): N - 1 sorted draws of the training distribution
+logit-normal(t_mean, t_std) with 0 and 1 appended, drawn afresh per call from
+``request.generator`` (the code's grid is random per batch). ``uniform``: linspace.
+
+Self-conditioning. Each step feeds the previous x_hat (zeros at the first step); the
+SC-CFG scale w enters only as tokens, so it costs no extra pass.
+
+Input CFG (conditional tasks, scale s != 1). The unconditional pass zeroes the source
+in both z and the self-conditioning channel; x_hat = x_u + s (x_c - x_u). The code mixes
+v and x separately; at the target positions both give the same update (z is shared).
+The source positions are always restored to the clean source latents.
+
+Randomness: the initial noise, the grid and the SDE noise are all drawn in float64 from
+``request.generator``; the latent state is then kept in float32 (the network casts its
+inputs to its own dtype, e.g. bf16), and the grid stays float64 Python floats.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from dlmbench.data import DataSpec, SampleRequest
+from dlmbench.sampler import Sampler, SamplerConfig
+from dlmbench_elf.model import ELF
+from dlmbench_elf.path import LogitNormal, _normal
+
+
+def time_grid(
+    steps: int,
+    kind: str,
+    generator: torch.Generator | None,
+    mean: float = -1.5,
+    std: float = 0.8,
+) -> Tensor:
+    """``(steps + 1,)`` float64 grid from 0 to 1 (see the module docstring)."""
+    if steps < 1:
+        raise ValueError(f"ELF needs steps >= 1, got {steps}")
+    if kind == "uniform":
+        return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "logit-normal":
+        inner = LogitNormal(mean, std).sample((steps - 1,), generator, "cpu", torch.float64)
+        ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        return torch.cat([ends[:1], inner.sort().values, ends[1:]])
+    raise ValueError(f"unknown ELF time grid {kind!r}")
+
+
+class ELFSamplerConfig(SamplerConfig):
+    w: float = Field(3.0, ge=0, le=100)  # self-conditioning CFG scale (fed as tokens)
+    cfg_scale: float = Field(1.0, ge=0, le=100)  # input CFG on conditional tasks; 1 = off
+    grid: Literal["logit-normal", "uniform"] = "logit-normal"
+    grid_mean: float | None = None  # None: the model's training t_mean
+    grid_std: float | None = Field(None, gt=0)  # None: the model's training t_std
+
+
+class SDEConfig(ELFSamplerConfig):
+    """Reference OWT setting (elf.md section 5): SDE, gamma 1.5, w 3 (32 steps)."""
+
+    gamma: float = Field(1.5, ge=0, le=100)
+
+
+class ODEConfig(ELFSamplerConfig):
+    """Reference conditional setting (De-En, XSum): ODE, w 1, input CFG 2 (64 steps)."""
+
+    w: float = Field(1.0, ge=0, le=100)
+    cfg_scale: float = Field(2.0, ge=0, le=100)
+
+
+class _ELFSampler(Sampler):
+    model: ClassVar[str] = "elf"
+    config: ELFSamplerConfig
+
+    def gamma(self) -> float:
+        return 0.0
+
+    def max_nfe(self, steps: int, spec: DataSpec | None = None) -> int:
+        """N + 1, or 2N + 1 with input CFG on a conditional task.
+
+        Without ``spec`` the task is unknown and a ``cfg_scale != 1`` gives the bound
+        2N + 1 (an unconditional task has no source to drop and uses N + 1).
+        """
+        cfg = self.config.cfg_scale != 1.0 and (spec is None or spec.prefix_len > 0)
+        return (2 if cfg else 1) * steps + 1
+
+    def exact_nfe(self) -> bool:
+        # exact whenever max_nfe is given the task's spec (no caching, no early exit)
+        return True
+
+    def grid(self, model: ELF, steps: int, generator: torch.Generator) -> Tensor:
+        cfg, mcfg = self.config, model.config
+        mean = mcfg.t_mean if cfg.grid_mean is None else cfg.grid_mean
+        std = mcfg.t_std if cfg.grid_std is None else cfg.grid_std
+        return time_grid(steps, cfg.grid, generator, mean, std)
+
+    def _x_hat(
+        self, model: ELF, z: Tensor, sc: Tensor, t: float, w: Tensor, src_mask: Tensor, src: Tensor, cfg: bool
+    ) -> Tensor:
+        """Guided x-prediction with the source restored (one or two passes, batched)."""
+        B = z.shape[0]
+        if cfg:
+            z2 = torch.cat([z, z.masked_fill(src_mask, 0.0)])
+            sc2 = torch.cat([sc, sc.masked_fill(src_mask, 0.0)])
+            x2 = model.predict(z2, sc2, torch.full((2 * B,), t, device=z.device), torch.cat([w, w])).x
+            x_c, x_u = x2[:B], x2[B:].masked_fill(src_mask, 0.0)
+            x_hat = x_u + self.config.cfg_scale * (torch.where(src_mask, src, x_c) - x_u)
+        else:
+            x_hat = model.predict(z, sc, torch.full((B,), t, device=z.device), w).x
+        return torch.where(src_mask, src, x_hat)
+
+    @torch.no_grad()
+    def sample(self, model: ELF, request: SampleRequest) -> Tensor:
+        spec, g = model.spec, request.generator
+        B, L, P, N = request.num_samples, spec.seq_len, spec.prefix_len, request.steps
+        dev, D = model.device, model.latent_dim
+        src_mask = (torch.arange(L, device=dev) < P).view(1, L, 1)
+        src = torch.zeros(B, L, D, device=dev)
+        if P > 0:
+            if request.prefix is None:
+                raise ValueError("a conditional task's sample request needs a prefix")
+            prefix = request.prefix.to(dev).long()
+            src[:, :P] = model.encode(prefix, prefix_len=P)  # source attends only to source
+        use_cfg = P > 0 and self.config.cfg_scale != 1.0
+        w = torch.full((B,), float(self.config.w), device=dev)
+        grid = self.grid(model, N, g).tolist()
+        gamma, s_n = self.gamma(), model.path.noise_scale
+
+        z = torch.where(src_mask, src, s_n * _normal((B, L, D), g, dev, torch.float32))
+        sc = src.clone()  # self-conditioning state: zeros on the target, clean source
+        for i in range(N):
+            t, t_next = grid[i], grid[i + 1]
+            if i < N - 1 and gamma > 0:
+                eps = _normal((B, L, D), g, dev, torch.float32)
+                z, t = model.path.churn(z, t, t_next, gamma, eps)
+                z = torch.where(src_mask, src, z)
+            x_hat = self._x_hat(model, z, sc, t, w, src_mask, src, use_cfg)
+            z = torch.where(src_mask, src, model.path.euler(z, x_hat, t, t_next))
+            sc = x_hat
+        # decode pass: t = 1, decode mode, zero self-conditioning channel, same w
+        ones = torch.ones(B, device=dev)
+        hidden = model.predict(z, torch.zeros_like(z), ones, w, ones).hidden
+        ids = model.decode_logits(hidden).argmax(-1)
+        if P > 0:
+            ids[:, :P] = prefix
+        return ids.long()
+
+
+class SDESampler(_ELFSampler):
+    """Code-form SDE churn: z_b = a z + (1-a) 2 eps', t_b = a t, a = clip(1 - gamma dt, 0, 1)."""
+
+    name: ClassVar[str] = "sde"
+    Config: ClassVar[type[SamplerConfig]] = SDEConfig
+    config: SDEConfig
+
+    def gamma(self) -> float:
+        return float(self.config.gamma)
+
+
+class ODESampler(_ELFSampler):
+    """Euler on the velocity from x-prediction."""
+
+    name: ClassVar[str] = "ode"
+    Config: ClassVar[type[SamplerConfig]] = ODEConfig
+    config: ODEConfig

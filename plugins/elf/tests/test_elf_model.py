@@ -1,0 +1,268 @@
+"""ELF model: config, sizes, encoder modes and masks, and the two-branch loss."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from dlmbench.data import Batch, DataSpec
+from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench_elf.model import ELF, ELFConfig, build_denoiser
+
+SPEC = DataSpec(vocab_size=50, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
+COND = DataSpec(vocab_size=50, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4, prefix_len=8)
+SMALL = {"depth": 2, "hidden": 64, "heads": 2}
+
+
+def tiny(spec: DataSpec = SPEC, seed: int = 0, **over) -> ELF:
+    torch.manual_seed(seed)
+    return ELF(ELFConfig.from_preset("tiny", **{**SMALL, **over}), spec)
+
+
+def tokens(spec: DataSpec = SPEC, rows: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, spec.vocab_size, (rows, spec.seq_len), generator=g)
+
+
+# config ---------------------------------------------------------------------------------
+def test_presets_and_reference_defaults():
+    ref = ELFConfig()
+    assert (ref.depth, ref.hidden, ref.heads, ref.bottleneck_dim) == (12, 768, 12, 128)
+    assert (ref.encoder, ref.encoder_name, ref.latent_scale) == ("frozen", "t5-small", 0.2)
+    assert (ref.noise_scale, ref.t_mean, ref.t_std, ref.t_eps) == (2.0, -1.5, 0.8, 0.05)
+    assert (ref.decode_prob, ref.decode_p_mean, ref.decode_p_std, ref.self_cond_prob) == (0.2, 0.8, 0.8, 0.5)
+    assert (ref.sc_scale_min, ref.sc_scale_max, ref.label_drop_prob) == (0.5, 5.0, 0.1)
+    assert ref.optimizer == "adamw" and ref.ema_decay == 0.9999 and ref.prediction == "x"
+    for name, size in {"B": (12, 768, 12), "M": (24, 1056, 16), "L": (32, 1280, 16)}.items():
+        c = ELFConfig.from_preset(name)
+        assert (c.depth, c.hidden, c.heads) == size and c.encoder_name == "t5-small"
+    t = ELFConfig.from_preset("tiny")
+    assert t.encoder == "random" and t.encoder_name is None and t.latent_scale is None
+    with pytest.raises(ConfigError):
+        ELFConfig.from_preset("XL")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"no_such_knob": 1},
+        {"hidden": 100, "heads": 3},  # not divisible
+        {"hidden": 96, "heads": 32},  # odd head size: no RoPE
+        {"encoder": "frozen", "encoder_name": None},
+        {"encoder": "learned", "encoder_name": "t5-small"},
+        {"encoder": "bert"},
+        {"prediction": "eps"},
+        {"attention_backend": "flash"},
+        {"optimizer": "sgd"},
+        {"decode_prob": 1.5},
+        {"t_eps": 0.0},
+        {"sc_scale_min": 3.0, "sc_scale_max": 2.0},
+        {"label_drop_prob": 1.0},
+        {"latent_scale": -0.2},
+    ],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValidationError):
+        ELFConfig.from_preset("tiny", **bad)
+
+
+def test_paper_scale_parameter_counts_on_meta():
+    """ELF-B/M/L denoisers with 512-d T5-small latents, counted without allocating.
+
+    With |V| = 32,100 (``len(tokenizer)``, elf.md section 1) ELF-B has 104,579,940
+    parameters; the 104,594,304 of the torch port (elf.md section 3) is the same network
+    with the 32,128-row T5 *embedding* size as |V|: the only difference is 28 decode-head
+    rows x (512 weights + 1 bias) = 14,364. M and L match the paper's 342M and 652M.
+    """
+    counts = {}
+    for name in ("B", "M", "L"):
+        cfg = ELFConfig.from_preset(name)
+        for vocab in (32_100, 32_128):
+            with torch.device("meta"):
+                net = build_denoiser(cfg, 512, vocab)
+            counts[name, vocab] = sum(p.numel() for p in net.parameters())
+    assert counts["B", 32_100] == 104_579_940
+    assert counts["B", 32_128] == 104_594_304
+    assert counts["B", 32_128] - counts["B", 32_100] == 28 * 513
+    assert counts["M", 32_100] == 342_540_036
+    assert counts["L", 32_100] == 652_103_332
+
+
+# encoder --------------------------------------------------------------------------------
+def test_network_is_the_denoiser_and_a_frozen_encoder_is_not_trained():
+    model = tiny()
+    assert model.network is model.denoiser
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable == {id(p) for p in model.denoiser.parameters()}
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model.train()
+    assert model.denoiser.training and not model.encoder.training and not model.encoder.t5.training
+    loss = model.loss(Batch(tokens()))
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_random_tiny_encoder_latents_are_non_degenerate():
+    model = tiny()
+    # a random T5 ends in a unit-weight RMSNorm: std ~1, not the pretrained 0.2
+    scale = float(model.encoder.latent_scale)
+    assert 0.8 < scale < 1.2
+    x = model.encode(tokens(rows=32))
+    assert abs(float(x.std()) - 1.0) < 0.1 and abs(float(x.mean())) < 0.2
+    # different tokens at a position give clearly different latents
+    flat = torch.nn.functional.normalize(x[:, 3], dim=-1)
+    cos = flat @ flat.T
+    off = cos[~torch.eye(32, dtype=torch.bool)]
+    assert float(off.mean()) < 0.3
+    # and they are contextual: changing one token moves its neighbours' latents
+    a = tokens(rows=1)
+    b = a.clone()
+    b[0, 5] = 5 + (int(a[0, 5]) - 4) % 45
+    xa, xb = model.encode(a), model.encode(b)
+    assert float((xa[0, 4] - xb[0, 4]).abs().max()) > 1e-3
+    assert float((xa[0, 5] - xb[0, 5]).norm()) > float((xa[0, 4] - xb[0, 4]).norm())
+
+
+def test_encoder_modes():
+    joint = tiny(encoder="joint")
+    assert all(p.requires_grad for p in joint.encoder.parameters())
+    n_enc = sum(p.numel() for p in joint.encoder.parameters())
+    assert sum(p.numel() for p in joint.trainable_parameters()) == n_enc + sum(
+        p.numel() for p in joint.denoiser.parameters()
+    )
+    joint.train()
+    joint.loss(Batch(tokens())).backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in joint.encoder.parameters())
+
+    emb = tiny(encoder="token-embeddings")  # frozen Gaussian rows without a pretrained name
+    t = tokens(rows=2)
+    x = emb.encode(t)
+    assert torch.allclose(x[0, 0], emb.encode(t[:1, :1])[0, 0])  # no contextualisation
+    assert abs(float(emb.encoder.latent_scale) - 1.0) < 0.1  # estimated from the N(0, 1) table
+    assert not any(p.requires_grad for p in emb.encoder.parameters())
+
+    learned = tiny(encoder="learned")
+    assert learned.denoiser.decode_head.unembed is None  # tied to the table
+    x = learned.encode(t)
+    assert torch.allclose(x.pow(2).mean(-1), torch.ones(2, SPEC.seq_len), atol=1e-5)  # renormalised rows
+    learned.train()
+    learned.loss(Batch(tokens())).backward()
+    assert learned.encoder.table.grad is not None and float(learned.encoder.table.grad.abs().sum()) > 0
+    assert not any(p.requires_grad for p in tiny(encoder="random").encoder.parameters())
+
+
+def test_named_encoder_offline_fails_fast_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(HubUnavailableError, match="t5-small"):
+        ELF(ELFConfig.from_preset("B"), SPEC)
+    assert time.perf_counter() - start < 30
+
+
+def test_encoder_from_a_local_directory(tmp_path, monkeypatch):
+    from transformers import T5EncoderModel
+
+    from dlmbench_elf.encoder import tiny_t5_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ELFConfig.from_preset("tiny", **SMALL)
+    t5 = T5EncoderModel(tiny_t5_config(cfg, 60)).eval()
+    t5.save_pretrained(tmp_path)
+    model = ELF(ELFConfig.from_preset("tiny", **SMALL, encoder="frozen", encoder_name=str(tmp_path), latent_scale=0.5), SPEC)
+    t = tokens(rows=2)
+    with torch.no_grad():
+        expected = t5(input_ids=t).last_hidden_state / 0.5
+    assert torch.allclose(model.encode(t), expected, atol=1e-5)
+    assert not model.encoder.t5.training and float(model.encoder.latent_scale) == 0.5
+    # encoder="random" with a name: that architecture, randomly initialised, frozen
+    rnd = ELF(ELFConfig.from_preset("tiny", **SMALL, encoder="random", encoder_name=str(tmp_path)), SPEC)
+    assert rnd.encoder.t5.config.vocab_size == 60 and not torch.allclose(rnd.encoder.raw(t), expected * 0.5)
+    big = DataSpec(vocab_size=100, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
+    with pytest.raises(ConfigError, match="vocabulary"):
+        ELF(ELFConfig.from_preset("tiny", **SMALL, encoder="frozen", encoder_name=str(tmp_path)), big)
+
+
+def test_conditional_encoder_masks():
+    """Source sees only source; target sees all; dropped rows' targets do not see the source."""
+    model = tiny(COND)
+    P = COND.prefix_len
+    a = tokens(COND, rows=2)
+    b = a.clone()
+    b[:, P:] = tokens(COND, rows=2, seed=9)[:, P:]  # same source, other target
+    xa, xb = model.encode(a), model.encode(b)
+    assert torch.allclose(xa[:, :P], xb[:, :P], atol=1e-6)  # no target leakage into the source
+    # sampling re-encodes the source alone and gets the same latents
+    assert torch.allclose(model.encode(a[:, :P], prefix_len=P), xa[:, :P], atol=1e-5)
+    c = a.clone()
+    c[:, :P] = tokens(COND, rows=2, seed=5)[:, :P]  # same target, other source
+    xc = model.encode(c)
+    assert float((xc[:, P:] - xa[:, P:]).abs().max()) > 1e-3  # targets condition on the source
+    drop = torch.tensor([True, True])
+    assert torch.allclose(model.encode(c, drop)[:, P:], model.encode(a, drop)[:, P:], atol=1e-6)
+
+
+def test_pads_are_masked_as_keys_only():
+    model = tiny()
+    a = tokens(rows=1)
+    a[0, 10:] = SPEC.pad_id
+    x = model.encode(a)
+    assert torch.isfinite(x).all()
+    mask = model.encoder.attention_mask(a, 0, None)
+    assert mask is not None and bool((mask[0, 0, :, 10:] < -1e30).all()) and bool((mask[0, 0, :, :10] == 0).all())
+    assert model.encoder.attention_mask(tokens(rows=1), 0, None) is None  # nothing to mask: fast path
+
+
+# loss -----------------------------------------------------------------------------------
+def _grad_norm(module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_loss_branches_reach_their_heads():
+    den = tiny(decode_prob=0.0)
+    den.train()
+    den.loss(Batch(tokens())).backward()
+    assert _grad_norm(den.denoiser.x_head) > 0 and _grad_norm(den.denoiser.decode_head) == 0
+    assert float(den.last_losses["ce"]) == 0.0 and float(den.last_losses["mse"]) > 0
+
+    dec = tiny(decode_prob=1.0)
+    dec.train()
+    loss = dec.loss(Batch(tokens()))
+    loss.backward()
+    assert _grad_norm(dec.denoiser.decode_head) > 0 and _grad_norm(dec.denoiser.x_head) == 0
+    value = float(loss.detach())
+    assert value == pytest.approx(float(dec.last_losses["ce"])) and 2.0 < value < 12.0  # CE at init ~ log 50
+
+
+def test_self_conditioning_costs_two_no_grad_passes():
+    calls: list[tuple[int, bool]] = []
+    model = tiny(decode_prob=0.0, self_cond_prob=1.0)
+    model.denoiser.register_forward_pre_hook(lambda m, a: calls.append((a[0].shape[0], torch.is_grad_enabled())))
+    model.train()
+    model.loss(Batch(tokens(rows=6)))
+    assert calls == [(6, False), (6, False), (6, True)]
+    calls.clear()
+    tiny_off = tiny(decode_prob=0.0, self_cond_prob=0.0)
+    tiny_off.denoiser.register_forward_pre_hook(lambda m, a: calls.append((a[0].shape[0], torch.is_grad_enabled())))
+    tiny_off.loss(Batch(tokens(rows=6)))
+    assert calls == [(6, True)]
+
+
+def test_loss_variants_are_finite_and_backpropagate():
+    for spec, over in [
+        (SPEC, {"prediction": "v"}),
+        (COND, {}),
+        (COND, {"label_drop_prob": 0.99, "decode_prob": 0.5}),
+    ]:
+        model = tiny(spec, **over)
+        model.train()
+        t = tokens(spec)
+        mask = torch.ones_like(t, dtype=torch.bool)
+        mask[:, -3:] = False
+        for batch in (Batch(t), Batch(t, mask)):
+            loss = model.loss(batch)
+            assert torch.isfinite(loss)
+            loss.backward()
+    assert tiny(COND).decode_noise_scale == 1.0 and tiny().decode_noise_scale == 5.0

@@ -1,0 +1,155 @@
+"""Path and parameterisation identities (elf.md sections 2, 4, 5)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlmbench_elf.path import FlowPath, LogitNormal, LogUniformScale, sc_cfg_target
+from dlmbench_elf.samplers import time_grid
+
+torch.set_default_dtype(torch.float32)
+
+
+def _xzt(seed: int = 0, t_lo: float = 0.0, t_hi: float = 0.9):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+    t = t_lo + (t_hi - t_lo) * torch.rand(5, generator=g, dtype=torch.float64)
+    return x, eps, t
+
+
+def test_interpolation_and_velocity_of_the_exact_prediction():
+    path = FlowPath(noise_scale=2.0, t_eps=0.05)
+    x, eps, t = _xzt(t_hi=0.95)
+    s = path.sample(x, eps, t)
+    tb = t.view(-1, 1, 1)
+    assert torch.allclose(s.z, tb * x + (1 - tb) * 2.0 * eps)
+    # below the clamp the target is exactly dz/dt = x - s_n eps
+    assert torch.allclose(s.v, x - 2.0 * eps, atol=1e-12)
+    # the x-prediction -> velocity conversion of the exact x is that velocity
+    assert torch.allclose(path.velocity(x, s.z, t), x - 2.0 * eps, atol=1e-12)
+
+
+def test_velocity_and_data_are_inverse_and_clamped():
+    path = FlowPath(noise_scale=2.0, t_eps=0.05)
+    x, eps, t = _xzt(t_lo=0.0, t_hi=1.0)
+    t[0] = 0.99  # inside the clamp
+    z = path.interpolate(x, eps, t)
+    v = path.velocity(x, z, t)
+    assert torch.allclose(path.data(v, z, t), x, atol=1e-12)
+    # clamp: (x - z) / max(1 - t, 0.05), as the code's net_out_to_v_x
+    assert torch.allclose(v[0], (x[0] - z[0]) / 0.05)
+    # hence the x-space form of the loss: ||v_hat - v||^2 = ||x_hat - x||^2 / max(1-t, .05)^2
+    x_hat = x + 0.1
+    lhs = (path.velocity(x_hat, z, t) - v).pow(2)
+    rhs = (x_hat - x).pow(2) / (1 - t).clamp_min(0.05).view(-1, 1, 1).pow(2)
+    assert torch.allclose(lhs, rhs)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.9, 0.95])
+def test_euler_last_step_lands_exactly_on_x_hat(t):
+    path = FlowPath()
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    x_hat = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(path.euler(z, x_hat, t, 1.0), x_hat, atol=1e-12)
+
+
+def test_euler_step_follows_the_path_of_the_exact_x():
+    """With the exact x-prediction an Euler step moves along the straight path."""
+    path = FlowPath()
+    x, eps, _ = _xzt()
+    z = path.interpolate(x, eps, 0.2)
+    assert torch.allclose(path.euler(z, x, 0.2, 0.7), path.interpolate(x, eps, 0.7), atol=1e-12)
+
+
+def test_sde_churn_reduces_to_the_ode_step_at_gamma_zero():
+    path = FlowPath()
+    x, eps, _ = _xzt()
+    z = path.interpolate(x, eps, 0.3)
+    noise = torch.randn_like(z)
+    z_b, t_b = path.churn(z, 0.3, 0.5, gamma=0.0, eps=noise)
+    assert t_b == 0.3 and torch.equal(z_b, z)
+    x_hat = x * 0.9
+    assert torch.equal(path.euler(z_b, x_hat, t_b, 0.5), path.euler(z, x_hat, 0.3, 0.5))
+
+
+def test_sde_churn_code_form():
+    path = FlowPath(noise_scale=2.0)
+    z = torch.ones(1, 1, 1, dtype=torch.float64)
+    e = torch.full_like(z, 0.5)
+    z_b, t_b = path.churn(z, 0.4, 0.6, gamma=1.5, eps=e)
+    alpha = 1 - 1.5 * 0.2
+    assert math.isclose(t_b, alpha * 0.4)
+    assert torch.allclose(z_b, alpha * z + (1 - alpha) * 2.0 * e)
+    # alpha is clipped to [0, 1]
+    z_b, t_b = path.churn(z, 0.0, 0.9, gamma=5.0, eps=e)
+    assert t_b == 0.0 and torch.allclose(z_b, 2.0 * e)
+
+
+def test_time_distributions():
+    g = torch.Generator().manual_seed(0)
+    t = LogitNormal(-1.5, 0.8).sample((20000,), g)
+    assert 0 < float(t.min()) and float(t.max()) < 1
+    assert abs(float(t.median()) - 1 / (1 + math.exp(1.5))) < 0.01  # median ~0.18
+    p = LogitNormal(0.8, 0.8).sample((20000,), g)
+    assert abs(float(p.median()) - 0.69) < 0.01
+    w = LogUniformScale(0.5, 5.0).sample(20000, g)
+    assert float(w.min()) >= 0.5 - 1e-6 and float(w.max()) <= 5.0 + 1e-6
+    # log(1 + w) is uniform on [log 1.5, log 6]
+    u = (torch.log1p(w) - math.log(1.5)) / math.log(4.0)
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+
+
+def test_time_grids():
+    g = torch.Generator().manual_seed(0)
+    grid = time_grid(8, "logit-normal", g)
+    assert grid.shape == (9,) and grid.dtype == torch.float64
+    assert grid[0] == 0 and grid[-1] == 1 and bool((grid.diff() >= 0).all())
+    again = time_grid(8, "logit-normal", torch.Generator().manual_seed(0))
+    assert torch.equal(grid, again)
+    assert not torch.equal(grid, time_grid(8, "logit-normal", g))  # random per call
+    assert torch.allclose(time_grid(4, "uniform", None), torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
+    assert torch.equal(time_grid(1, "logit-normal", g), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        time_grid(0, "uniform", None)
+
+
+def test_sc_cfg_fixed_point_by_hand():
+    """The SC-CFG regression's fixed point is w E[v|x'] + (1 - w) E[v|empty] (elf.md section 4).
+
+    A case small enough to compute by hand: at one (z, t) the data x is +1 or -1 with
+    probabilities 0.25 / 0.75 and the self-conditioning signal x' equals x (perfectly
+    informative). Then E[v | x'] = (x' - z)/(1-t) and E[v | empty] = (E x - z)/(1-t).
+    We regress a lookup table f(x', m) on the code's target with exact expectations
+    (m = 0 rows: plain v with a zero SC input; m = 1 rows: sc_cfg_target with v_c, v_u
+    held fixed at the current table) and check it converges to the closed form.
+    """
+    z, t = 0.4, 0.5
+    xs = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    probs = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    v_of = (xs - z) / (1 - t)  # the velocity of each data point at (z, t)
+    e_v = float((probs * v_of).sum())  # E[v | empty] = (0.25*1.2 + 0.75*(-2.8)) = -1.8
+    assert math.isclose(e_v, -1.8)
+    for w_val in (0.5, 1.0, 3.0):
+        w = torch.tensor([w_val], dtype=torch.float64)
+        f_u = torch.zeros((), dtype=torch.float64)  # f(z | 0, w)
+        f_c = torch.zeros(2, dtype=torch.float64)  # f(z | x' = x_k, w)
+        for _ in range(2000):
+            # m = 0 rows: target v with a zero SC input -> E over the data
+            grad_u = f_u - (probs * v_of).sum()
+            # m = 1 rows, x' = x_k: target v_k + (1 - 1/w)(v_c - v_u), stop-gradient
+            tgt = torch.stack(
+                [sc_cfg_target(v_of[k : k + 1], f_c[k : k + 1], f_u.view(1), w)[0] for k in range(2)]
+            )
+            grad_c = f_c - tgt
+            f_u = f_u - 0.2 * grad_u
+            f_c = f_c - 0.2 * grad_c
+        expected = w_val * v_of + (1 - w_val) * e_v  # w E[v | x'] + (1 - w) E[v | empty]
+        assert math.isclose(float(f_u), e_v, abs_tol=1e-9)
+        assert torch.allclose(f_c, expected, atol=1e-9), (w_val, f_c, expected)
+    # by hand for w = 3: x' = +1 -> 3*1.2 - 2*(-1.8) = 7.2 ; x' = -1 -> 3*(-2.8) + 3.6 = -4.8
+    assert torch.allclose(3 * v_of + (1 - 3) * e_v, torch.tensor([7.2, -4.8], dtype=torch.float64))
