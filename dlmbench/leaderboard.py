@@ -94,6 +94,8 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
         for metric in _metric_names(group):
             info = next(c["metrics"][metric] for c in group if metric in c["metrics"])
             arrow = "↑" if info["higher_is_better"] else "↓"
+            evaluator = (info.get("config") or {}).get("evaluator")
+            note = info.get("details", {}).get("proxy_note")
             table = []
             if reference:
                 ref = _cell_text(reference, metric, reference=True)
@@ -102,6 +104,8 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
                 by_steps = rows_by_label[label]
                 table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
             out += [f"### {metric} {arrow}", ""]
+            if metric == "gen-ppl" and evaluator:
+                out += [f"Evaluator: `{evaluator}`" + (f" ({note})." if note else "."), ""]
             out += [tabulate(table, headers=["model/sampler"] + [f"steps={s}" for s in steps], tablefmt="github"), ""]
         group_models = [m for m in models if m.get("task") == task and m.get("budget_hash") == bhash]
         if group_models:

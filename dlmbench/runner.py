@@ -23,7 +23,8 @@ from dlmbench import distributed
 from dlmbench.checkpoint import checkpoint_hash, checkpoint_key, load_checkpoint, save_checkpoint
 from dlmbench.config import ModelEntry, RunConfig, explain, model_preset, stable_hash
 from dlmbench.data import Batch
-from dlmbench.environment import describe_device, git_revision, resolve_device, versions
+from dlmbench.environment import describe_device, git_revision, hub_offline, resolve_device, versions
+from dlmbench.metrics.proxy import PROXY
 from dlmbench.errors import CheckpointError, ConfigError
 from dlmbench.metric import Metric, score_all
 from dlmbench.model import Model
@@ -55,8 +56,12 @@ def build_metrics(config: RunConfig, registry: Registry, data: TaskData, task_de
     metrics = []
     for name in names:
         cls = registry.metric(name)
-        fields = cls.Config.model_fields
-        options = {"evaluator": config.budget.evaluator} if "evaluator" in fields and config.budget.evaluator != "oracle" else {}
+        options = {}
+        if "evaluator" in cls.Config.model_fields:
+            evaluator = config.budget.evaluator
+            if evaluator == "oracle":  # the task's exact judge; LM-based metrics need an LM
+                evaluator = PROXY if hub_offline() else cls.Config.model_fields["evaluator"].default
+            options["evaluator"] = evaluator
         metric = cls(cls.Config(**options))
         if metric.applies_to(data):
             metrics.append(metric)

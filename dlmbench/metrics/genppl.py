@@ -52,6 +52,7 @@ from pydantic import Field
 from dlmbench.data import Generation
 from dlmbench.errors import ConfigError, HubUnavailableError
 from dlmbench.metric import Metric, MetricConfig, MetricValue
+from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, ensure_proxy_evaluator
 from dlmbench.task import TaskData
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -220,7 +221,9 @@ def score_chunks(
 
 
 class GenPPLConfig(MetricConfig):
-    evaluator: str = Field("gpt2-large", description="evaluator causal LM: hub id or local path")
+    evaluator: str = Field(
+        "gpt2-large", description="evaluator causal LM: hub id, local path, or 'proxy' (trained locally, offline)"
+    )
     context: int | None = Field(None, description="chunk length; None: the evaluator's context")
     max_length: int | None = Field(None, description="re-tokenization truncation; None: context")
     batch_size: int = Field(8, gt=0, description="rows scored per evaluator call (reference: 8)")
@@ -245,8 +248,11 @@ class GenPPL(Metric):
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer = load_tokenizer(cfg.evaluator)
-        model = load_model(cfg.evaluator, device)
+        evaluator = cfg.evaluator
+        if evaluator == PROXY:  # offline: a locally trained, clearly labelled stand-in
+            evaluator = str(ensure_proxy_evaluator(task))
+        tokenizer = load_tokenizer(evaluator)
+        model = load_model(evaluator, device)
         context = cfg.context or evaluator_context(model)
         max_length = cfg.max_length or context
         rows = retokenize(tokenizer, generation.texts, max_length)
@@ -258,6 +264,7 @@ class GenPPL(Metric):
         corpus = math.exp(total_nll / total) if total > 0 else float("nan")
         details = {
             "evaluator": cfg.evaluator,
+            **({"evaluator_path": evaluator, "proxy_note": PROXY_NOTE} if cfg.evaluator == PROXY else {}),
             "eos_rule": cfg.eos_rule,
             "pooling": cfg.pooling,
             "context": context,
