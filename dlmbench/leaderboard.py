@@ -104,7 +104,7 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
                 by_steps = rows_by_label[label]
                 table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
             out += [f"### {metric} {arrow}", ""]
-            if metric == "gen-ppl" and evaluator:
+            if metric in ("gen-ppl", "mauve") and evaluator:
                 out += [f"Evaluator: `{evaluator}`" + (f" ({note})." if note else "."), ""]
             out += [tabulate(table, headers=["model/sampler"] + [f"steps={s}" for s in steps], tablefmt="github"), ""]
         group_models = [m for m in models if m.get("task") == task and m.get("budget_hash") == bhash]

@@ -52,7 +52,7 @@ from pydantic import Field
 from dlmbench.data import Generation
 from dlmbench.errors import ConfigError, HubUnavailableError
 from dlmbench.metric import Metric, MetricConfig, MetricValue
-from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, ensure_proxy_evaluator
+from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, resolve_evaluator
 from dlmbench.task import TaskData
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -248,9 +248,7 @@ class GenPPL(Metric):
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        evaluator = cfg.evaluator
-        if evaluator == PROXY:  # offline: a locally trained, clearly labelled stand-in
-            evaluator = str(ensure_proxy_evaluator(task))
+        evaluator = resolve_evaluator(cfg.evaluator, task)  # 'proxy': trained locally, labelled
         tokenizer = load_tokenizer(evaluator)
         model = load_model(evaluator, device)
         context = cfg.context or evaluator_context(model)

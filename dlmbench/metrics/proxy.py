@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from dlmbench.config import stable_hash
 from dlmbench.data import Batch, DataSpec
@@ -28,12 +29,15 @@ PROXY_NOTE = "a small GPT-2 trained locally on the task's training split; NOT co
 class ProxyConfig(ModelConfig):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     n_layer: int = Field(4, gt=0)
-    n_embd: int = Field(192, gt=0)
+    n_embd: int = Field(128, gt=0)
     n_head: int = Field(4, gt=0)
     lr: float = 1e-3
     warmup_steps: int = 50
-    steps: int = Field(800, gt=0, description="optimiser steps")
+    steps: int = Field(600, gt=0, description="optimiser steps")
     batch_size: int = Field(32, gt=0)
+
+
+DEFAULT_CONFIG = ProxyConfig()  # what ``evaluator: proxy`` trains (a module attribute, so tests can shrink it)
 
 
 class _ProxyLM(Model):
@@ -49,7 +53,7 @@ class _ProxyLM(Model):
         self.lm = GPT2LMHeadModel(GPT2Config(
             vocab_size=spec.vocab_size, n_positions=spec.seq_len, n_embd=config.n_embd,
             n_layer=config.n_layer, n_head=config.n_head, bos_token_id=spec.bos_id,
-            eos_token_id=spec.eos_id, pad_token_id=spec.pad_id,
+            eos_token_id=spec.eos_id, pad_token_id=spec.pad_id, loss_type="ForCausalLM",
         ))
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -68,13 +72,15 @@ def ensure_proxy_evaluator(task: TaskData, config: ProxyConfig | None = None) ->
 
     from dlmbench.training import fit
 
-    config = config or ProxyConfig()
+    config = config or DEFAULT_CONFIG
     path = proxy_dir(task, config)
     if (path / "config.json").exists():
         return path
     torch.manual_seed(0)
     model = _ProxyLM(config, task.spec)
-    fit(model, task.train, batch_size=config.batch_size, steps=config.steps, seed=0)
+    with tqdm(total=config.steps, desc=f"train proxy evaluator for {task.name}", leave=False) as bar:
+        fit(model, task.train, batch_size=config.batch_size, steps=config.steps, seed=0,
+            progress=lambda step, loss: bar.update(1))
     tok = task.tokenizer
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok.backend, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
@@ -86,3 +92,8 @@ def ensure_proxy_evaluator(task: TaskData, config: ProxyConfig | None = None) ->
     (tmp / "DLMBENCH_PROXY.txt").write_text(PROXY_NOTE + "\n")
     tmp.rename(path)
     return path
+
+
+def resolve_evaluator(name: str, task: TaskData) -> str:
+    """The evaluator to load: ``name`` itself, or the proxy's directory for ``proxy``."""
+    return str(ensure_proxy_evaluator(task)) if name == PROXY else name

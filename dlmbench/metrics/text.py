@@ -30,6 +30,7 @@ from dlmbench.data import Generation
 from dlmbench.errors import ConfigError
 from dlmbench.metric import Metric, MetricConfig, MetricValue
 from dlmbench.metrics.genppl import GenPPL
+from dlmbench.metrics.mauve import Mauve
 from dlmbench.task import TaskData
 
 
@@ -70,8 +71,9 @@ class UnigramEntropy(Metric):
             samples = generation.tokens
         else:
             from dlmbench.metrics.genppl import load_tokenizer, retokenize
+            from dlmbench.metrics.proxy import resolve_evaluator
 
-            tok = load_tokenizer(cfg.evaluator)
+            tok = load_tokenizer(resolve_evaluator(cfg.evaluator, task))
             limit = cfg.max_length
             if limit is None and getattr(tok, "model_max_length", 0) < 1_000_000:
                 limit = tok.model_max_length
@@ -175,3 +177,4 @@ def register_metrics(register):
     register(BLEU)
     register(ROUGE)
     register(GenPPL)
+    register(Mauve)
