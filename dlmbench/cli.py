@@ -310,25 +310,14 @@ def ls(plugins: str | None) -> None:
 def validate_config(**opts: Any) -> None:
     """Resolve a config (preset, file, flags) and every name in it, without running."""
     config = run_config_from_options(opts)
-    from dlmbench.runner import build_sampler
-    from dlmbench.config import model_preset
+    from dlmbench.runner import build_model_config, build_sampler
 
     registry = _registry(opts.get("plugins"))
     registry.task(config.task)
     for name in config.metrics or []:
         registry.metric(name)
     for entry in config.models:
-        cls = registry.model(entry.name)
-        preset = entry.preset or model_preset(config.preset, entry.name)
-        preset = preset if preset in cls.Config.presets else None
-        from pydantic import ValidationError
-
-        from dlmbench.config import explain
-
-        try:
-            cls.Config.from_preset(preset, **entry.options)
-        except ValidationError as exc:
-            raise explain(exc, f"options for model {entry.name!r}") from None
+        build_model_config(entry, config.preset, registry)
         build_sampler(entry, registry)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
     click.echo("config is valid", err=True)

@@ -31,8 +31,14 @@ def _budget_line(budget: dict[str, Any]) -> str:
         f"Budget: sequence length {budget['seq_len']}; training tokens {counted:,} "
         f"(= batch {budget['batch_size']} x length {budget['seq_len']} x {steps} steps); "
         f"{budget['num_samples']} samples per cell; seeds {', '.join(map(str, budget['seeds']))}; "
-        f"evaluator: {budget['evaluator']}."
+        f"evaluator: {_evaluator_text(budget['evaluator'])}."
     )
+
+
+def _evaluator_text(evaluator: str) -> str:
+    if evaluator == "oracle":  # LM-based metrics then use gpt2-large, or the proxy offline
+        return "oracle (the task's exact judge; LM-based metrics name their evaluator below)"
+    return f"`{evaluator}`"
 
 
 def _groups(cells: list[dict]) -> dict[tuple[str, str], list[dict]]:

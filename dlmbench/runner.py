@@ -27,7 +27,7 @@ from dlmbench.environment import describe_device, git_revision, hub_offline, res
 from dlmbench.metrics.proxy import PROXY
 from dlmbench.errors import CheckpointError, ConfigError
 from dlmbench.metric import Metric, score_all
-from dlmbench.model import Model
+from dlmbench.model import Model, ModelConfig
 from dlmbench.registry import Registry
 from dlmbench.results import ResultStore, cell_id, cell_identity
 from dlmbench.sampler import Sampler
@@ -68,16 +68,23 @@ def build_metrics(config: RunConfig, registry: Registry, data: TaskData, task_de
     return metrics
 
 
-def build_model(entry: ModelEntry, run_preset: str, registry: Registry, data: TaskData) -> Model:
+def build_model_config(entry: ModelEntry, run_preset: str, registry: Registry) -> ModelConfig:
+    """The entry's model config: its own preset (which must exist), else the run preset's
+    choice for this model (skipped when the plugin lacks it), then the entry's options."""
     cls = registry.model(entry.name)
-    preset = entry.preset or model_preset(run_preset, entry.name)
-    if preset is not None and preset not in cls.Config.presets:
-        preset = None  # a plugin without this preset keeps its defaults
+    preset = entry.preset
+    if preset is None:
+        preset = model_preset(run_preset, entry.name)
+        if preset not in cls.Config.presets:
+            preset = None  # a plugin without this preset keeps its defaults
     try:
-        config = cls.Config.from_preset(preset, **entry.options)
+        return cls.Config.from_preset(preset, **entry.options)
     except ValidationError as exc:
         raise explain(exc, f"options for model {entry.name!r}") from None
-    return cls(config, data.spec)
+
+
+def build_model(entry: ModelEntry, run_preset: str, registry: Registry, data: TaskData) -> Model:
+    return registry.model(entry.name)(build_model_config(entry, run_preset, registry), data.spec)
 
 
 def build_sampler(entry: ModelEntry, registry: Registry) -> Sampler:
