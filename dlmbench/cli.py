@@ -61,6 +61,10 @@ def run_config_from_options(opts: dict[str, Any]):
             over[key] = opts[key]
     if opts.get("metrics"):
         over["metrics"] = _csv(opts["metrics"], "metrics")
+    if opts.get("precision"):
+        over["precision"] = opts["precision"]
+    if opts.get("compile"):
+        over["compile"] = True
     if opts.get("preset"):
         over["preset"] = opts["preset"]
     for item in opts.get("set") or ():
@@ -88,6 +92,12 @@ def run_options(f):
         click.option("--out", help="Results directory."),
         click.option("--cache", help="Checkpoint cache directory."),
         click.option("--device", help="auto, cpu or cuda."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+                     help="fp32 (default) or bf16: bfloat16 autocast in training and sampling; "
+                          "part of the checkpoint key."),
+        click.option("--compile", "compile", is_flag=True, default=None,
+                     help="torch.compile the network's sub-modules (NFE still counted; "
+                          "compile time is recorded as compile_seconds)."),
         click.option("--plugins", help="Load only these plugin entry points (comma-separated)."),
     ]
     for option in reversed(options):
@@ -135,6 +145,12 @@ def run(**opts: Any) -> None:
 
     Each finished cell is written at once; re-running the same command skips finished
     cells, so an interrupted run simply resumes.
+
+    \b
+    GPU fast path: --precision bf16 (bfloat16 autocast; a separate checkpoint),
+    --compile (torch.compile; compile time recorded), and a larger sampling
+    micro-batch found with `dlmbench probe-batch` and set with
+    --set budget.sample_batch_size=N (it changes the seeds, hence the samples).
     """
     config = run_config_from_options(opts)
     _prepare_runtime()
@@ -222,15 +238,42 @@ def sample(**opts: Any) -> None:
     else:
         load_checkpoint(model, path, key)
     model.to(runner.device)
-    sampler = build_sampler(entry, registry)
+    sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)
     steps = config.budget.steps[0]
     prefixes = data.eval_prefixes[: opts["count"]] if data.eval_prefixes is not None else None
-    result = generate(model, sampler, steps, opts["count"], opts["seed"], prefixes)
+    result = generate(model, sampler, steps, opts["count"], opts["seed"], prefixes, precision=config.precision)
     generation = to_generation(result.ids, data.tokenizer, data.spec.prefix_len, data)
     click.echo(f"# {entry.name}/{sampler.name} steps={steps} NFE={result.nfe:g} ({result.seconds:.2f}s)")
     for i, text in enumerate(generation.texts):
         source = f"{generation.sources[i]}  ->  " if generation.sources else ""
         click.echo(f"{i:3d}: {source}{text}")
+
+
+@cli.command(name="probe-batch")
+@run_options
+@click.option("--max", "limit", type=int, default=4096, show_default=True, help="Largest micro-batch to try.")
+@click.option("--start", type=int, default=1, show_default=True, help="First micro-batch (then doubled).")
+@click.option("--probe-steps", type=int, default=2, show_default=True,
+              help="Sampling steps per try (memory does not grow with steps).")
+def probe_batch(**opts: Any) -> None:
+    """Find the largest sampling micro-batch that fits, per model.
+
+    Builds each model as `dlmbench run` does and doubles one sampling micro-batch from
+    --start until CUDA runs out of memory (on CPU: up to --max), e.g.
+    `dlmbench probe-batch --models elf,mdlm --seq-len 1024 --device cuda`.
+    It only advises: set budget.sample_batch_size yourself (micro-batches carry the
+    generator seeds, so changing it changes the samples).
+    """
+    config = run_config_from_options(opts)
+    _prepare_runtime()
+    from dlmbench.environment import resolve_device
+    from dlmbench.probe import probe, report
+
+    results = probe(config, _registry(opts.get("plugins")), steps=opts["probe_steps"], start=opts["start"],
+                    limit=opts["limit"], echo=click.echo)
+    click.echo(report(results, resolve_device(config.device)))
+    if any(r.error for r in results):
+        sys.exit(1)
 
 
 @cli.command(name="eval")
@@ -313,12 +356,12 @@ def validate_config(**opts: Any) -> None:
     from dlmbench.runner import build_model_config, build_sampler
 
     registry = _registry(opts.get("plugins"))
-    registry.task(config.task)
+    task_cls, _ = registry.task(config.task)
     for name in config.metrics or []:
         registry.metric(name)
     for entry in config.models:
         build_model_config(entry, config.preset, registry)
-        build_sampler(entry, registry)
+        build_sampler(entry, registry, task_cls.conditional)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
     click.echo("config is valid", err=True)
 

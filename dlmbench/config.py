@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -96,6 +96,9 @@ class RunConfig(_Strict):
     out: str | None = Field(None, description="results directory (default runs/<name>)")
     cache: str = Field(".dlmbench-cache", description="trained checkpoints are cached here")
     device: str = "auto"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: bfloat16 autocast for training and sampling (part of the checkpoint key)")
+    compile: bool = Field(False, description="torch.compile the children of model.network (NFE still counted)")
 
     @property
     def out_dir(self) -> Path:

@@ -60,11 +60,14 @@ class Model(torch.nn.Module):
       ``name``: the id used on the command line (``--models NAME``).
       ``Config``: its :class:`ModelConfig` subclass.
       ``default_sampler``: the sampler name used when a run names none.
+      ``default_conditional_sampler``: the same on conditional tasks, when it differs
+      (ELF: ``ode``, the reference's setting for translation and summarization).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     default_sampler: ClassVar[str] = ""
+    default_conditional_sampler: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

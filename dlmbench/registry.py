@@ -65,8 +65,10 @@ class Registry:
             raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, list(self.models))}")
         return self.models[name]
 
-    def sampler(self, model: str, name: str | None = None) -> type[Sampler]:
-        name = name or self.model(model).default_sampler
+    def sampler(self, model: str, name: str | None = None, conditional: bool = False) -> type[Sampler]:
+        """The named sampler, else the model's default for this kind of task."""
+        cls = self.model(model)
+        name = name or (conditional and cls.default_conditional_sampler) or cls.default_sampler
         if (model, name) not in self.samplers:
             known = [s for (m, s) in self.samplers if m == model]
             raise UnknownNameError(

@@ -51,6 +51,8 @@ RECORD_FIELDS = {
     "wall_time_s": "sampling wall time of the cell",
     "score_time_s": "scoring wall time of the cell",
     "device": "device the cell ran on",
+    "precision": "'fp32' or 'bf16' (autocast in training and sampling)",
+    "compile": "whether the network's blocks ran under torch.compile",
     "versions": "python, torch, dlmbench and plugin versions",
     "git_revision": "git revision of the working tree, if any",
     "created": "UTC timestamp",

@@ -33,7 +33,7 @@ from dlmbench.results import ResultStore, cell_id, cell_identity
 from dlmbench.sampler import Sampler
 from dlmbench.sampling import generate, to_generation
 from dlmbench.task import TaskData
-from dlmbench.training import fit
+from dlmbench.training import compile_network, fit
 
 
 def now() -> str:
@@ -87,8 +87,8 @@ def build_model(entry: ModelEntry, run_preset: str, registry: Registry, data: Ta
     return registry.model(entry.name)(build_model_config(entry, run_preset, registry), data.spec)
 
 
-def build_sampler(entry: ModelEntry, registry: Registry) -> Sampler:
-    cls = registry.sampler(entry.name, entry.sampler)
+def build_sampler(entry: ModelEntry, registry: Registry, conditional: bool = False) -> Sampler:
+    cls = registry.sampler(entry.name, entry.sampler, conditional)
     try:
         return cls(cls.Config(**entry.sampler_options))
     except ValidationError as exc:
@@ -116,7 +116,10 @@ class Runner:
 
     # -- training ---------------------------------------------------------------------------
     def checkpoint_path(self, model: Model) -> tuple[Path, dict]:
-        key = checkpoint_key(model.name, model.config, model.spec, self.config.budget.training_key())
+        training = self.config.budget.training_key()
+        if self.config.precision != "fp32":  # bf16 trains other weights; fp32 keys stay as before
+            training = {**training, "precision": self.config.precision}
+        key = checkpoint_key(model.name, model.config, model.spec, training)
         return self.cache / "checkpoints" / f"{model.name}-{checkpoint_hash(key)}.safetensors", key
 
     def obtain(self, model: Model, data: TaskData) -> tuple[Model, str]:
@@ -126,8 +129,13 @@ class Runner:
         if path.exists():
             load_checkpoint(model, path, key)
             self.echo(f"[{model.name}] reusing checkpoint {path}")
-            return model.to(self.device), digest
+            model.to(self.device)
+            if self.config.compile:
+                compile_network(model)
+            return model, digest
         model.to(self.device)
+        if self.config.compile:
+            compile_network(model)  # children of model.network only: NFE hooks stay eager
         b = self.config.budget
         steps = b.train_steps
         self.echo(
@@ -141,7 +149,8 @@ class Runner:
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
-        report = fit(model, data.train, batch_size=b.batch_size, steps=steps, seed=b.train_seed, progress=tick)
+        report = fit(model, data.train, batch_size=b.batch_size, steps=steps, seed=b.train_seed, progress=tick,
+                     precision=self.config.precision)
         bar.close()
         bound = self.likelihood_bound(model, data)
         if not self.world.is_main:
@@ -157,6 +166,11 @@ class Runner:
                 "train_steps": report.steps,
                 "train_tokens": report.tokens,
                 "train_seconds": report.seconds,
+                "precision": self.config.precision,
+                "compile": self.config.compile,
+                "first_step_seconds": report.first_step_seconds,
+                "median_step_seconds": report.median_step_seconds,
+                **({"compile_seconds": report.compile_seconds} if self.config.compile else {}),
                 "first_loss": report.losses[0] if report.losses else None,
                 "final_loss": sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
                 "parameters": sum(p.numel() for p in model.trainable_parameters()),
@@ -215,6 +229,10 @@ class Runner:
             "git_revision": git_revision(),
         }
 
+    def fast_path(self) -> dict[str, Any]:
+        """How a model's cells were computed (the held-out data cell has none)."""
+        return {"precision": self.config.precision, "compile": self.config.compile}
+
     def reference_cell(self, data: TaskData, metrics: list[Metric]) -> dict[str, Any] | None:
         """Score held-out data with the same metrics: the row every model is read against."""
         b = self.config.budget
@@ -241,7 +259,7 @@ class Runner:
         records: list[dict[str, Any]] = []
         try:
             model = build_model(entry, cfg.preset, self.registry, data)
-            sampler = build_sampler(entry, self.registry)
+            sampler = build_sampler(entry, self.registry, data.spec.prefix_len > 0)
         except ConfigError:
             raise  # a configuration error stops the run: nothing would be comparable
         except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build fails its cells
@@ -261,7 +279,7 @@ class Runner:
             self.echo(f"[{entry.name}] all {len(cells)} cells finished already; skipping")
             return records
         common = {
-            **self.base_record(data), "model": entry.name, "label": label,
+            **self.base_record(data), **self.fast_path(), "model": entry.name, "label": label,
             "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": ckpt_hash,
             "sampler": sampler.name, "sampler_settings": settings, "train_tokens": b.counted_train_tokens,
         }
@@ -278,7 +296,7 @@ class Runner:
 
     def fail_unbuildable(self, entry: ModelEntry, data: TaskData, metrics: list[Metric], exc: BaseException) -> list[dict]:
         cfg = self.config
-        common = {**self.base_record(data), "model": entry.name, "label": entry.label or entry.name,
+        common = {**self.base_record(data), **self.fast_path(), "model": entry.name, "label": entry.label or entry.name,
                   "sampler": entry.sampler or "default", "sampler_settings": entry.sampler_options}
         out = []
         for steps in cfg.budget.steps:
@@ -307,7 +325,8 @@ class Runner:
         prefixes = data.eval_prefixes[: b.num_samples] if data.eval_prefixes is not None else None
         bar = tqdm(total=b.num_samples, desc=f"{common['label']} steps={steps} seed={seed}",
                    disable=not self.progress, leave=False)
-        run = generate(model, sampler, steps, b.num_samples, seed, prefixes, b.sample_batch_size, bar.update)
+        run = generate(model, sampler, steps, b.num_samples, seed, prefixes, b.sample_batch_size, bar.update,
+                       precision=self.config.precision)
         bar.close()
         if not self.world.is_main:
             return {}

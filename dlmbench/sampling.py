@@ -15,6 +15,7 @@ from dlmbench.nfe import count_nfe
 from dlmbench.sampler import Sampler
 from dlmbench.task import TaskData
 from dlmbench.tokenizer import TextTokenizer
+from dlmbench.training import autocast
 
 
 @dataclass
@@ -40,8 +41,14 @@ def generate(
     prefixes: torch.Tensor | None = None,
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> SampleRun:
-    """Sample ``num_samples`` sequences in micro-batches, counting NFE per sample."""
+    """Sample ``num_samples`` sequences in micro-batches, counting NFE per sample.
+
+    ``precision="bf16"`` runs ``sampler.sample`` under bfloat16 autocast: only the
+    network's matmuls change dtype; the categorical draws stay float64
+    (:mod:`dlmbench.categorical`) and samplers keep their states in their own dtype.
+    """
     model.eval()
     device = next(model.parameters()).device
     world = distributed.current()
@@ -54,7 +61,8 @@ def generate(
             n = min(batch_size, num_samples - lo)
             gen = torch.Generator(device=device).manual_seed(seed_for(seed, b))
             prefix = None if prefixes is None else prefixes[lo : lo + n].to(device)
-            ids = sampler.sample(model, SampleRequest(steps=steps, num_samples=n, generator=gen, prefix=prefix))
+            with autocast(device, precision):
+                ids = sampler.sample(model, SampleRequest(steps=steps, num_samples=n, generator=gen, prefix=prefix))
             expected = (n, model.spec.seq_len)
             if tuple(ids.shape) != expected or ids.dtype != torch.long:
                 raise RuntimeError(

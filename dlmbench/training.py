@@ -3,14 +3,23 @@
 Tokens are counted as ``batch_size x seq_len x steps`` (every position of every
 sequence, pads and prefix included: the rule MDLM and Duo use, mdlm_duo.md section 1),
 and the count is returned with the losses so the runner can state it in the results.
+
+GPU fast path (all off by default, identical results on CPU): ``precision="bf16"`` runs
+the loss under ``torch.autocast`` (bfloat16 matmuls, float32 weights and optimiser);
+:func:`compile_network` compiles the children of ``model.network`` (never the network
+itself, so the core's NFE pre-hook still sees every call); on CUDA batches are copied
+from pinned memory and the per-step losses stay on the device, read back (and checked
+for finiteness) every ``sync_every`` steps instead of syncing the host twice per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -20,12 +29,64 @@ from dlmbench.ema import EMA
 from dlmbench.model import Model
 
 
+PRECISIONS = ("fp32", "bf16")
+Precision = Literal["fp32", "bf16"]
+
+
 @dataclass
 class TrainReport:
     steps: int
     tokens: int
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    first_step_seconds: float | None = None  # includes torch.compile's compilation when on
+    median_step_seconds: float | None = None  # median over steps 2..N (None with one step)
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """First step minus the median step: the one-off cost (compilation, warm-up)."""
+        if self.first_step_seconds is None or self.median_step_seconds is None:
+            return None
+        return self.first_step_seconds - self.median_step_seconds
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """``torch.autocast(device_type, bfloat16)`` for ``"bf16"``, a no-op for ``"fp32"``.
+
+    Autocast only changes the dtype of autocast-eligible ops (matmuls, attention...);
+    weights, optimiser state and float64 sampling noise are untouched.
+    """
+    if precision not in PRECISIONS:
+        from dlmbench.errors import ConfigError
+
+        raise ConfigError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def compile_network(model: Model, **options) -> list[str]:
+    """``torch.compile`` the children of ``model.network`` in place; returns their names.
+
+    The network module itself stays eager, so the forward pre-hook :mod:`dlmbench.nfe`
+    puts on it fires on every call. ``Module.compile`` keeps parameter names (no
+    ``_orig_mod.`` prefix), so checkpoints are unchanged. Containers without a forward
+    (``ModuleList``/``ModuleDict``) are descended into.
+    """
+    network = model.network
+    compiled: list[str] = []
+
+    def visit(module: torch.nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+                visit(child, f"{prefix}{name}.")
+            elif child is not network:
+                child.compile(**options)
+                compiled.append(prefix + name)
+
+    visit(network, "")
+    return compiled
 
 
 def build_optimizer(model: Model) -> torch.optim.Optimizer:
@@ -78,6 +139,8 @@ def fit(
     steps: int,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    precision: Precision = "fp32",
+    sync_every: int | None = None,
 ) -> TrainReport:
     """Train ``model`` for ``steps`` optimiser steps on rows of ``train`` ``(N, L)``.
 
@@ -89,9 +152,22 @@ def fit(
     learning rate warms up linearly over ``config.warmup_steps`` then stays constant
     (both references); gradients are clipped at ``config.grad_clip``; when
     ``config.ema_decay > 0`` the EMA weights are copied into the model at the end.
+
+    ``precision="bf16"`` computes the loss under bfloat16 autocast. Losses stay on the
+    device and are read back every ``sync_every`` steps (default 1 on CPU, 25 on CUDA),
+    after the first step and at the end; a non-finite loss raises FloatingPointError
+    naming its step at that read-back. ``progress(step, loss)`` is called once per step,
+    in order, at read-back. The report holds the first step's wall time and the median of
+    the others (on CUDA, each step of a read-back window is given the window's mean).
     """
     cfg = model.config
     device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    autocast(device, precision)  # validates the name before any work
+    if sync_every is None:
+        sync_every = 25 if cuda else 1
+    if sync_every < 1:
+        raise ValueError(f"sync_every must be >= 1, got {sync_every}")
     world = distributed.current()
     if batch_size % world.size:
         from dlmbench.errors import ConfigError
@@ -111,7 +187,27 @@ def fit(
     report = TrainReport(steps=steps, tokens=batch_size * train.shape[1] * steps)
     order = torch.randperm(train.shape[0], generator=gen)
     cursor = 0
-    start = time.perf_counter()
+    pending: list[torch.Tensor] = []  # detached device losses not yet read back
+    step_seconds: list[float] = []
+
+    def read_back(window_start: float) -> float:
+        """One host sync: check, record and report the pending losses; returns the time."""
+        if cuda:
+            torch.cuda.synchronize(device)
+        values = torch.stack(pending).float().cpu().tolist()
+        now = time.perf_counter()
+        step_seconds.extend([(now - window_start) / len(values)] * len(values))
+        first = len(report.losses)
+        pending.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{model.name}: non-finite loss {value} at step {first + i}")
+            report.losses.append(value)
+            if progress is not None:
+                progress(first + i, value)
+        return time.perf_counter()  # the callbacks are not step time
+
+    start = window = time.perf_counter()
     for step in range(steps):
         if cursor + batch_size > order.numel():
             order, cursor = torch.randperm(train.shape[0], generator=gen), 0
@@ -120,9 +216,13 @@ def fit(
         scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
-        loss = loss_of(Batch(train[rows].to(device)))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{model.name}: non-finite loss {loss.item()} at step {step}")
+        tokens = train[rows]
+        if cuda and tokens.device.type == "cpu":
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        else:
+            tokens = tokens.to(device)
+        with autocast(device, precision):
+            loss = loss_of(Batch(tokens))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip and cfg.grad_clip > 0 and not math.isinf(cfg.grad_clip):
@@ -130,11 +230,15 @@ def fit(
         opt.step()
         if ema is not None:
             ema.update()
-        report.losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, report.losses[-1])
+        pending.append(loss.detach())
+        if step == 0 or (step + 1) % sync_every == 0 or step == steps - 1:
+            window = read_back(window)
     if ema is not None:
         ema.copy_to_model()
     model.eval()
     report.seconds = time.perf_counter() - start
+    if step_seconds:
+        report.first_step_seconds = step_seconds[0]
+        if len(step_seconds) > 1:
+            report.median_step_seconds = statistics.median(step_seconds[1:])
     return report

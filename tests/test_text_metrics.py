@@ -35,7 +35,7 @@ def test_registers_metrics():
     pm.add_hookspecs(hookspecs)
     pm.register(text_plugin)
     reg = build_registry(pm)
-    assert set(reg.metrics) == {"unigram-entropy", "bleu", "rouge", "gen-ppl"}
+    assert set(reg.metrics) == {"unigram-entropy", "bleu", "rouge", "gen-ppl", "mauve"}
     for cls in reg.metrics.values():
         assert cls.description
     assert reg.metric("gen-ppl").higher_is_better is False

@@ -22,7 +22,8 @@ Parameter names, shapes and registration order are those of the released checkpo
 and ``s-sahoo/duo`` load by key mapping (:mod:`dlmbench.nn.dit_weights`).
 
 Precision: on CUDA the blocks and output layer run under bf16 autocast when ``bf16`` is
-set, as in the references; on CPU everything is fp32. The returned logits are fp32.
+set, as in the references; on CPU everything is fp32 unless the caller runs under
+autocast (``--precision bf16``). The returned logits are fp32.
 Differences from the official code: attention goes through the shared backend switch
 (SDPA / xformers) rather than flash-attn's varlen kernel, and rotary is applied in fp32
 (the official casts cos/sin to the activation dtype); both agree to bf16 noise.
@@ -220,7 +221,9 @@ class DiT(nn.Module):
         h = self.vocab_embed(x)
         c = F.silu(self.sigma_map(sigma))
         cos, sin = self.rotary_emb.cos_sin(h.shape[1], h.device)
-        use_bf16 = self.bf16 and h.is_cuda
+        # bf16 on CUDA as in the references; anywhere when the caller already runs under
+        # autocast (dlmbench --precision bf16), whose bf16 activations fp32 blocks could not take
+        use_bf16 = (self.bf16 and h.is_cuda) or torch.is_autocast_enabled(h.device.type)
         with torch.autocast(device_type=h.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             for block in self.blocks:
                 h = block(h, cos, sin, c)

@@ -186,7 +186,8 @@ class Prediction(NamedTuple):
 class ELF(Model):
     name: ClassVar[str] = "elf"
     Config: ClassVar[type[ModelConfig]] = ELFConfig
-    default_sampler: ClassVar[str] = "sde"
+    default_sampler: ClassVar[str] = "sde"  # unconditional reference: SDE, gamma 1.5, w 3
+    default_conditional_sampler: ClassVar[str] = "ode"  # De-En / XSum reference: ODE, w 1, CFG 2
 
     def __init__(self, config: ELFConfig, spec: DataSpec):
         super().__init__(config, spec)
