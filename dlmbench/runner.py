@@ -8,6 +8,7 @@ plugin's cells, with the error recorded; the other cells still run.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import traceback
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from dlmbench import distributed
+from dlmbench.atomic import write_text_atomic
 from dlmbench.checkpoint import checkpoint_hash, checkpoint_key, load_checkpoint, save_checkpoint
 from dlmbench.config import ModelEntry, RunConfig, explain, model_preset, stable_hash
 from dlmbench.data import Batch
@@ -129,6 +131,7 @@ class Runner:
         if path.exists():
             load_checkpoint(model, path, key)
             self.echo(f"[{model.name}] reusing checkpoint {path}")
+            self.record_reused_model(model, path, digest)
             model.to(self.device)
             if self.config.compile:
                 compile_network(model)
@@ -157,33 +160,42 @@ class Runner:
             distributed.barrier()  # wait for rank 0's checkpoint
             return model, digest
         save_checkpoint(model, path, key, extra={"train_seconds": report.seconds})
-        self.store.write_json(
-            f"models/{model.name}-{digest}.json",
-            {
-                "model": model.name,
-                "checkpoint_hash": digest,
-                "model_config": model.config.model_dump(mode="json"),
-                "train_steps": report.steps,
-                "train_tokens": report.tokens,
-                "train_seconds": report.seconds,
-                "precision": self.config.precision,
-                "compile": self.config.compile,
-                "first_step_seconds": report.first_step_seconds,
-                "median_step_seconds": report.median_step_seconds,
-                **({"compile_seconds": report.compile_seconds} if self.config.compile else {}),
-                "first_loss": report.losses[0] if report.losses else None,
-                "final_loss": sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
-                "parameters": sum(p.numel() for p in model.trainable_parameters()),
-                "likelihood_bound": bound,
-                "task": self.config.task,
-                "budget_hash": self.config.budget_hash(),
-                "device": describe_device(self.device),
-                "created": now(),
-            },
-        )
+        record = {
+            "model": model.name,
+            "checkpoint_hash": digest,
+            "model_config": model.config.model_dump(mode="json"),
+            "train_steps": report.steps,
+            "train_tokens": report.tokens,
+            "train_seconds": report.seconds,
+            "precision": self.config.precision,
+            "compile": self.config.compile,
+            "first_step_seconds": report.first_step_seconds,
+            "median_step_seconds": report.median_step_seconds,
+            **({"compile_seconds": report.compile_seconds} if self.config.compile else {}),
+            "first_loss": report.losses[0] if report.losses else None,
+            "final_loss": sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
+            "parameters": sum(p.numel() for p in model.trainable_parameters()),
+            "likelihood_bound": bound,
+            "task": self.config.task,
+            "budget_hash": self.config.budget_hash(),
+            "device": describe_device(self.device),
+            "created": now(),
+        }
+        write_text_atomic(path.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True))
+        self.store.write_json(f"models/{model.name}-{digest}.json", record)
         self.echo(f"[{model.name}] trained in {report.seconds:.0f}s, final loss {report.losses[-1]:.3f}")
         distributed.barrier()
         return model, digest
+
+    def record_reused_model(self, model: Model, path: Path, digest: str) -> None:
+        """Give this run the model record of a cached checkpoint (its training facts are in
+        the JSON beside it), so its tables show training and likelihood bounds too."""
+        sidecar, target = path.with_suffix(".json"), f"models/{model.name}-{digest}.json"
+        if not self.world.is_main or not sidecar.exists() or (self.store.root / target).exists():
+            return
+        record = json.loads(sidecar.read_text())
+        record.update(task=self.config.task, budget_hash=self.config.budget_hash(), reused_checkpoint=str(path))
+        self.store.write_json(target, record)
 
     @torch.no_grad()
     def likelihood_bound(self, model: Model, data: TaskData, max_rows: int = 512) -> dict[str, Any] | None:

@@ -68,6 +68,18 @@ def test_new_seed_reuses_the_checkpoint_and_runs_only_new_cells(toy_config, toy_
     assert any("reusing checkpoint" in m for m in messages)
 
 
+def test_a_run_reusing_a_cached_checkpoint_gets_its_model_record(toy_config, toy_registry, tmp_path):
+    run(toy_config(), toy_registry)
+    trained = ResultStore(toy_config().out_dir).model_records()
+    cfg2 = toy_config(name="other", out=str(tmp_path / "other"), budget={"num_samples": 3})
+    run(cfg2, toy_registry)
+    (reused,) = ResultStore(cfg2.out_dir).model_records()
+    assert reused["reused_checkpoint"].endswith(".safetensors")
+    assert reused["budget_hash"] == cfg2.budget_hash() != trained[0]["budget_hash"]
+    assert {k: reused[k] for k in ("train_tokens", "final_loss", "checkpoint_hash")} == \
+        {k: trained[0][k] for k in ("train_tokens", "final_loss", "checkpoint_hash")}
+
+
 def test_a_failing_plugin_fails_only_its_own_cells(toy_config, toy_registry):
     cfg = toy_config(models=[
         "toy",
