@@ -35,42 +35,26 @@ the loss; only target positions are noised and scored.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
-from dlmbench.model import Model, ModelConfig
-from dlmbench.nn.dit import SIZES, DiT
+from dlmbench.model import Model
+from dlmbench.nn.dit import DiT
+from dlmbench.nn.dit_config import DiTModelConfig
 
 from dlmbench_duo.duality import alpha_tilde, duality_table
 
 
-class DuoConfig(ModelConfig):
-    """Duo options; defaults are the released OWT recipe (``small``).
-
-    Optimiser (mdlm_duo.md section 1): AdamW 3e-4, betas (0.9, 0.999), weight decay 0,
-    2500 warmup steps then constant, gradient clip 1.0, EMA 0.9999. The reference
-    curriculum runs for half of training (500K of 1M steps): ``curriculum_fraction=0.5``.
+class DuoConfig(DiTModelConfig):
+    """Duo options; defaults are the released OWT recipe (``small``); the architecture
+    and optimiser fields are the shared DiT ones (:mod:`dlmbench.nn.dit_config`). The
+    reference curriculum runs for half of training (500K of 1M steps):
+    ``curriculum_fraction=0.5``.
     """
 
-    presets = {
-        "tiny": {**SIZES["tiny"].as_dict(), "warmup_steps": 100},
-        "small": {**SIZES["small"].as_dict()},
-    }
-
-    # architecture (section 1)
-    hidden_size: int = Field(768, gt=0)
-    n_blocks: int = Field(12, gt=0)
-    n_heads: int = Field(12, gt=0)
-    cond_dim: int = Field(128, gt=0)
-    mlp_ratio: int = Field(4, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
-    bf16: bool = True  # bf16 autocast of the blocks on CUDA (CPU always runs fp32)
     # diffusion (section 3)
     noise_eps: float = Field(1e-3, ge=0.0, lt=1.0)
     sampling_eps: float = Field(1e-3, gt=0.0, lt=1.0)
@@ -82,15 +66,9 @@ class DuoConfig(ModelConfig):
     curriculum_tau: float = Field(1e-3, gt=0.0)
     gamma_min: float = -3.55
     gamma_max: float = -1.85
-    # optimiser defaults (section 1)
-    lr: float = 3e-4
-    warmup_steps: int = 2500
-    ema_decay: float = 0.9999
 
     @model_validator(mode="after")
     def _check(self) -> "DuoConfig":
-        if self.hidden_size % self.n_heads or (self.hidden_size // self.n_heads) % 2:
-            raise ValueError(f"hidden_size={self.hidden_size} must split into n_heads={self.n_heads} heads of even size")
         if self.curriculum_steps and self.curriculum_fraction:
             raise ValueError("set curriculum_steps or curriculum_fraction, not both")
         if not self.gamma_min < self.gamma_max:

@@ -32,60 +32,30 @@ the bound cover target positions only (intersected with ``batch.loss_mask`` if g
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
-from dlmbench.model import Model, ModelConfig
-from dlmbench.nn.dit import SIZES, DiT
+from dlmbench.model import Model
+from dlmbench.nn.dit import DiT
+from dlmbench.nn.dit_config import DiTModelConfig
 
 #: The code's ``neg_infinity`` (``diffusion.py``), used by SUBS.
 NEG_INFINITY = -1_000_000.0
 
 
-class MDLMConfig(ModelConfig):
-    """MDLM options; defaults are the released OWT recipe (``small``).
+class MDLMConfig(DiTModelConfig):
+    """MDLM options; defaults are the released OWT recipe (``small``); the architecture
+    and optimiser fields are the shared DiT ones (:mod:`dlmbench.nn.dit_config`)."""
 
-    Optimiser (mdlm_duo.md section 1): AdamW 3e-4, betas (0.9, 0.999), weight decay 0,
-    2500 warmup steps then constant, gradient clip 1.0, EMA 0.9999.
-    """
-
-    presets = {
-        "tiny": {**SIZES["tiny"].as_dict(), "warmup_steps": 100},
-        "small": {**SIZES["small"].as_dict()},
-    }
-
-    # architecture (mdlm_duo.md section 1, config model=small)
-    hidden_size: int = Field(768, gt=0)
-    n_blocks: int = Field(12, gt=0)
-    n_heads: int = Field(12, gt=0)
-    cond_dim: int = Field(128, gt=0)
-    mlp_ratio: int = Field(4, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
-    bf16: bool = True  # bf16 autocast of the blocks on CUDA (CPU always runs fp32)
     # diffusion (section 2)
     noise_eps: float = Field(1e-3, ge=0.0, lt=1.0)  # log-linear schedule: alpha_1 = noise_eps
     sampling_eps: float = Field(1e-3, gt=0.0, lt=1.0)  # t ~ U[sampling_eps, 1]
     antithetic_sampling: bool = True
     time_conditioning: bool = False
     T: int = Field(0, ge=0)  # 0: continuous-time NELBO; > 0: the discrete-time bound
-    # optimiser defaults (section 1)
-    lr: float = 3e-4
-    warmup_steps: int = 2500
-    ema_decay: float = 0.9999
-
-    @model_validator(mode="after")
-    def _check(self) -> "MDLMConfig":
-        if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by n_heads={self.n_heads}")
-        if (self.hidden_size // self.n_heads) % 2:
-            raise ValueError("the head dimension hidden_size / n_heads must be even (rotary)")
-        return self
 
 
 # -- schedule and parameterisation (module-level so tests can check them) --------------------
