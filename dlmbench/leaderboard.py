@@ -23,6 +23,12 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def _rows_of(model: dict, cells: list[dict]) -> str:
+    """The table rows sampled from this checkpoint (several when only the sampler differs)."""
+    labels = sorted({c["label"] for c in cells if c.get("checkpoint_hash") == model.get("checkpoint_hash")})
+    return "; ".join(labels)
+
+
 def _budget_line(budget: dict[str, Any]) -> str:
     tokens = budget["train_tokens"]
     steps = math.ceil(tokens / (budget["batch_size"] * budget["seq_len"]))
@@ -117,13 +123,13 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
         if group_models:
             out += ["### Training and likelihood bounds", ""]
             rows = []
-            for m in sorted(group_models, key=lambda m: m["model"]):
+            for m in sorted(group_models, key=lambda m: (m["model"], _rows_of(m, group))):
                 bound = m.get("likelihood_bound") or {}
                 rows.append([
-                    m["model"], f"{m['parameters']:,}", f"{m['train_tokens']:,}", f"{m['train_seconds']:.0f}s",
+                    _rows_of(m, group) or m["model"], f"{m['parameters']:,}", f"{m['train_tokens']:,}", f"{m['train_seconds']:.0f}s",
                     _fmt(m.get("final_loss")), _fmt(bound.get("nelbo_per_token")), _fmt(bound.get("ppl_bound")),
                 ])
-            headers = ["model", "trainable params", "train tokens", "train time", "final loss",
+            headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
                        "NELBO/token (nats) ↓", "PPL bound ↓"]
             out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
     if failed:

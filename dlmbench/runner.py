@@ -270,6 +270,7 @@ class Runner:
         cfg, b = self.config, self.config.budget
         records: list[dict[str, Any]] = []
         try:
+            torch.manual_seed(b.train_seed)  # the initial weights must not depend on what ran before
             model = build_model(entry, cfg.preset, self.registry, data)
             sampler = build_sampler(entry, self.registry, data.spec.prefix_len > 0)
         except ConfigError:

@@ -25,6 +25,8 @@ def test_tables_state_budget_and_show_mean_spread_nfe(toy_config, toy_registry, 
     expected = f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g} · NFE 2"
     assert expected in row
     assert "### Training and likelihood bounds" in text
+    training = text[text.index("### Training and likelihood bounds"):]
+    assert "| toy/reveal " in training  # the checkpoint is named by the rows sampled from it
     png = render_plot(cells, tmp_path / "plot.png")
     assert png.exists() and png.stat().st_size > 1000
 

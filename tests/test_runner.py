@@ -173,3 +173,20 @@ def test_kill_minus_nine_mid_run_loses_and_duplicates_nothing(tmp_path):
     assert all(r["status"] == "ok" for r in model_cells)
     for name, created in before.items():  # finished cells were kept, not recomputed
         assert after[name]["created"] == created
+
+
+def test_trained_weights_do_not_depend_on_what_ran_before(toy_config, toy_registry, tmp_path):
+    """A resumed run skips work (and the random draws it made): the model it trains next
+    must still start from the same seeded initial weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = []
+    for i, burn in enumerate((0, 1000)):
+        torch.rand(burn)  # history: other models, cached cells, ...
+        cfg = toy_config(out=str(tmp_path / f"run{i}"), cache=str(tmp_path / f"cache{i}"))
+        run(cfg, toy_registry)
+        (path,) = (tmp_path / f"cache{i}" / "checkpoints").glob("*.safetensors")
+        weights.append(load_file(path))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
