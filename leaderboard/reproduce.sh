@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Re-create every table in leaderboard/ from scratch (CPU, offline; about an hour on 2 cores).
+# Each run trains or reuses checkpoints in .dlmbench-cache/, writes runs/<name>/, and is
+# resumable: re-running skips finished cells. The kjv* runs need
+#   apt-get install sword-text-kjv sword-text-sparv sword-comm-mhcc
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see benchmarks/README.md: threads on a busy CPU
+
+board() {  # board NAME COMMAND...: run, then render leaderboard/NAME.md from its results
+  local name=$1; shift
+  "$@" --name "$name" --no-progress
+  dlmbench leaderboard "runs/$name" -o "leaderboard/$name.md" --command "$* --name $name"
+}
+
+# The embedded default: README set-up command 1 (plot of quality vs steps and wall time).
+dlmbench run --models elf,mdlm,duo,ar --steps 32,1024 --no-progress
+dlmbench leaderboard runs/default -o leaderboard/default.md --plot leaderboard/default.png \
+    --command "dlmbench run --models elf,mdlm,duo,ar --steps 32,1024"
+
+# Conditional tasks on the grammar (exact references): translation and summarization.
+board grammar-translate dlmbench run --models elf,mdlm,duo,ar --task grammar-translate --steps 32,256
+board grammar-summarize dlmbench run --models elf,mdlm,duo,ar --task grammar-summarize --steps 32,256
+
+# Real text, offline: KJV (proxy Gen PPL, labelled) and KJV -> Reina-Valera translation.
+board kjv dlmbench run --models elf,mdlm,duo --task kjv --steps 32,256
+board kjv-es dlmbench run --models elf,mdlm,duo --task kjv-es --steps 32,256 --seeds 0
+
+# ELF ablations of elf.md section 7 on the embedded default.
+board elf-ablations dlmbench run --config configs/elf-ablations.yaml
+
+# Diagnostic quoted in leaderboard/README.md: ELF with four times the training tokens.
+board elf-4x dlmbench run --models elf --steps 32 --seeds 0 --train-tokens 9830400
