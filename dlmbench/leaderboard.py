@@ -29,6 +29,21 @@ def _rows_of(model: dict, cells: list[dict]) -> str:
     return "; ".join(labels)
 
 
+def _prepared_notes(models: list[dict], cells: list[dict]) -> list[str]:
+    """One line per checkpoint whose ``Model.prepare`` did work before training, with the
+    training tokens it consumed outside the budget, so no table hides them."""
+    lines = []
+    for m in sorted(models, key=lambda m: (m["model"], _rows_of(m, cells))):
+        facts = m.get("prepared")
+        if not facts:
+            continue
+        tokens = f"; {facts['tokens']:,} training tokens outside the budget" if "tokens" in facts else ""
+        seconds = f", {facts['seconds']:.0f}s" if "seconds" in facts else ""
+        what = facts.get("what", "prepared before training")
+        lines.append(f"- {_rows_of(m, cells) or m['model']}: {what}{tokens}{seconds}.")
+    return lines + [""] if lines else []
+
+
 def _budget_line(budget: dict[str, Any]) -> str:
     tokens = budget["train_tokens"]
     steps = math.ceil(tokens / (budget["batch_size"] * budget["seq_len"]))
@@ -132,6 +147,7 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
             headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
                        "NELBO/token (nats) ↓", "PPL bound ↓"]
             out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
+            out += _prepared_notes(group_models, group)
     if failed:
         out += ["## Failed cells", ""]
         for c in failed:

@@ -94,6 +94,19 @@ class Model(torch.nn.Module):
         """
         return None
 
+    def prepare(self, train: torch.Tensor, seed: int) -> dict[str, Any]:
+        """Called once by the training loop, before the optimiser is built, with every
+        training row ``(N, L)`` and the training seed (default: nothing, ``{}``).
+
+        For work a model does on the data before its own training, such as ELF
+        pretraining its encoder from scratch. It must be deterministic given ``seed``
+        (draw from its own ``torch.Generator``): every process of a distributed run calls
+        it. The returned facts go into the model record under ``prepared`` and the
+        leaderboard notes them; by convention ``tokens`` counts the training tokens this
+        consumed *outside* the run's ``train_tokens`` budget, so tables can show it.
+        """
+        return {}
+
     def on_fit_start(self, total_steps: int) -> None:
         """Called once by the training loop before the first step (default: nothing).
 

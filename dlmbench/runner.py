@@ -145,16 +145,22 @@ class Runner:
             f"[{model.name}] training {steps} steps x {b.batch_size} x {b.seq_len} = "
             f"{b.counted_train_tokens:,} tokens"
         )
-        bar = tqdm(total=steps, desc=f"train {model.name}", disable=not self.progress, leave=False)
+        bars: list[tqdm] = []  # opened at the first step, so Model.prepare's time is not in it
 
         def tick(step: int, loss: float) -> None:
-            bar.update(1)
+            if not bars:
+                bars.append(tqdm(total=steps, desc=f"train {model.name}", disable=not self.progress, leave=False))
+            bars[0].update(1)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bars[0].set_postfix(loss=f"{loss:.3f}")
 
         report = fit(model, data.train, batch_size=b.batch_size, steps=steps, seed=b.train_seed, progress=tick,
                      precision=self.config.precision)
-        bar.close()
+        for bar in bars:
+            bar.close()
+        if report.prepared:
+            what = report.prepared.get("what", "Model.prepare")
+            self.echo(f"[{model.name}] before training: {what} ({report.prepared.get('seconds', 0):.0f}s)")
         bound = self.likelihood_bound(model, data)
         if not self.world.is_main:
             distributed.barrier()  # wait for rank 0's checkpoint
@@ -176,6 +182,7 @@ class Runner:
             "final_loss": sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
             "parameters": sum(p.numel() for p in model.trainable_parameters()),
             "likelihood_bound": bound,
+            **({"prepared": report.prepared} if report.prepared else {}),
             "task": self.config.task,
             "budget_hash": self.config.budget_hash(),
             "device": describe_device(self.device),

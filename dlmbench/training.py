@@ -41,6 +41,7 @@ class TrainReport:
     seconds: float = 0.0
     first_step_seconds: float | None = None  # includes torch.compile's compilation when on
     median_step_seconds: float | None = None  # median over steps 2..N (None with one step)
+    prepared: dict = field(default_factory=dict)  # what model.prepare returned
 
     @property
     def compile_seconds(self) -> float | None:
@@ -159,6 +160,9 @@ def fit(
     naming its step at that read-back. ``progress(step, loss)`` is called once per step,
     in order, at read-back. The report holds the first step's wall time and the median of
     the others (on CUDA, each step of a read-back window is given the window's mean).
+
+    ``model.prepare(train, seed)`` runs first (ELF's encoder pretraining, for one); what it
+    returns is kept in ``report.prepared`` and its time is not in ``report.seconds``.
     """
     cfg = model.config
     device = next(model.parameters()).device
@@ -173,6 +177,7 @@ def fit(
         from dlmbench.errors import ConfigError
 
         raise ConfigError(f"budget.batch_size={batch_size} must be divisible by the {world.size} processes")
+    prepared = model.prepare(train, seed)  # before the optimiser and DDP (which broadcasts rank 0's state)
     torch.manual_seed(seed + world.rank)  # model noise differs per rank ...
     gen = torch.Generator().manual_seed(seed)  # ... the batch order is shared
     loss_of = distributed.LossModule(model)
@@ -184,7 +189,7 @@ def fit(
     ema = EMA(model.trainable_parameters(), cfg.ema_decay) if cfg.ema_decay > 0 else None
     model.on_fit_start(steps)
     model.train()
-    report = TrainReport(steps=steps, tokens=batch_size * train.shape[1] * steps)
+    report = TrainReport(steps=steps, tokens=batch_size * train.shape[1] * steps, prepared=prepared)
     order = torch.randperm(train.shape[0], generator=gen)
     cursor = 0
     pending: list[torch.Tensor] = []  # detached device losses not yet read back

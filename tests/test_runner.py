@@ -80,6 +80,32 @@ def test_a_run_reusing_a_cached_checkpoint_gets_its_model_record(toy_config, toy
         {k: trained[0][k] for k in ("train_tokens", "final_loss", "checkpoint_hash")}
 
 
+def test_model_prepare_runs_before_the_optimiser_and_is_recorded_and_shown(toy_config, toy_registry):
+    import torch
+
+    from dlmbench.checkpoint import load_checkpoint
+    from dlmbench.leaderboard import render_markdown
+    from dlmbench.results import load_records
+    from dlmbench.runner import build_model, build_task
+
+    cfg = toy_config(models=[{"name": "toy", "options": {"prepare_tokens": 1234, "ema_decay": 0.9}}])
+    runner = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False)
+    runner.run()
+    data = build_task(cfg, toy_registry)
+    (record,) = ResultStore(cfg.out_dir).model_records()
+    assert record["prepared"] == {"what": "toy preparation", "tokens": 1234, "rows_seen": data.train.shape[0]}
+    assert record["train_tokens"] == 8 * 8 * 20  # the budget stays the flow's own
+    text = render_markdown(*load_records([cfg.out_dir]))
+    assert "- toy/reveal: toy preparation; 1,234 training tokens outside the budget." in text
+    # prepare zeroed and froze the position table before the optimiser and the EMA were
+    # built: neither moved it back (an EMA made first would restore its initial values)
+    (entry,) = cfg.models
+    trained = build_model(entry, cfg.preset, toy_registry, data)
+    load_checkpoint(trained, *runner.checkpoint_path(trained))
+    assert not trained.net.pos.any()
+    assert trained.net.out.weight.abs().sum() > 0
+
+
 def test_a_failing_plugin_fails_only_its_own_cells(toy_config, toy_registry):
     cfg = toy_config(models=[
         "toy",

@@ -26,6 +26,7 @@ class ToyConfig(dlmbench.ModelConfig):
     hidden: int = 16
     lr: float = 1e-2
     fail_in: str | None = None  # "build", "loss" or "sample": raise there (failure isolation tests)
+    prepare_tokens: int = 0  # > 0: Model.prepare freezes the position table and reports these tokens
 
 
 class ToyNet(torch.nn.Module):
@@ -54,6 +55,14 @@ class ToyModel(dlmbench.Model):
     @property
     def network(self):
         return self.net
+
+    def prepare(self, train, seed):
+        if not self.config.prepare_tokens:
+            return {}
+        with torch.no_grad():
+            self.net.pos.zero_()
+        self.net.pos.requires_grad_(False)  # before the optimiser and EMA are built: never updated
+        return {"what": "toy preparation", "tokens": self.config.prepare_tokens, "rows_seen": train.shape[0]}
 
     def loss(self, batch):
         if self.config.fail_in == "loss":

@@ -7,8 +7,12 @@ provides that and the embedding ablations of elf.md section 7 behind one switch
 
 ``frozen``            pretrained T5 (``encoder_name``: ``t5-small`` or a local path), frozen.
 ``joint``             a T5 (pretrained if named, else random init) trained with the flow.
-``random``            a randomly initialised T5, frozen (the embedded CPU default: a tiny
-                      T5 built from the config over the task's own vocabulary).
+``scratch``           a T5 (the named architecture, else a tiny one built from the config
+                      over the task's own vocabulary) pretrained from scratch with masked
+                      LM on the task's training split before the flow, then frozen: the
+                      paper's "contextual T5 trained from scratch" ablation and the
+                      embedded CPU default (see :mod:`dlmbench_elf.pretrain`).
+``random``            a randomly initialised T5, frozen (same architectures as ``scratch``).
 ``token-embeddings``  the T5 input embedding table only, frozen, no contextualisation
                       (pretrained if named; otherwise N(0, 1) rows: the paper's
                       "frozen Gaussian" ablation).
@@ -30,7 +34,9 @@ have RMS exactly 1 per vector and std ~1: dividing by 0.2 would give std-5 laten
 signal-to-noise ratio 6x off the reference's. ``latent_scale=None`` therefore estimates
 the std on a fixed random-token probe at build time (exactly right for random
 RMSNorm-terminated encoders; for pretrained T5 the reference's 0.2 is set by the B/M/L
-presets). The value is kept in a buffer so checkpoints reproduce it.
+presets); a ``scratch`` encoder re-estimates it on training rows once pretrained, as the
+paper estimates its statistics from OWT. The value is kept in a buffer so checkpoints
+reproduce it.
 """
 
 from __future__ import annotations
@@ -45,12 +51,13 @@ from torch import Tensor, nn
 
 from dlmbench.data import DataSpec
 from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench_elf.pretrain import pretrain_encoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from dlmbench_elf.model import ELFConfig
 
-ENCODER_MODES = ("frozen", "joint", "random", "token-embeddings", "learned")
-FROZEN_MODES = ("frozen", "random", "token-embeddings")
+ENCODER_MODES = ("frozen", "joint", "scratch", "random", "token-embeddings", "learned")
+FROZEN_MODES = ("frozen", "scratch", "random", "token-embeddings")
 
 
 def _offline() -> bool:
@@ -117,6 +124,7 @@ class LatentEncoder(nn.Module):
         from transformers import T5EncoderModel
 
         self.mode = config.encoder
+        self.spec = spec
         self.pad_id = spec.pad_id
         self.t5: nn.Module | None = None
         self.embed: nn.Embedding | None = None
@@ -129,7 +137,7 @@ class LatentEncoder(nn.Module):
         else:
             name = config.encoder_name
             if name is not None:
-                pretrained = self.mode in ("frozen", "joint", "token-embeddings")
+                pretrained = self.mode in ("frozen", "joint", "token-embeddings")  # scratch/random: config only
                 model, t5cfg = load_pretrained_t5(name, pretrained_weights=pretrained)
                 if t5cfg.vocab_size < vocab:
                     raise ConfigError(
@@ -152,16 +160,37 @@ class LatentEncoder(nn.Module):
                 p.requires_grad_(False)
         self.register_buffer("latent_mean", torch.tensor(float(config.latent_mean)))
         self.register_buffer("latent_scale", torch.tensor(1.0))
+        # set once a scratch encoder is pretrained; saved with the weights, so fitting a
+        # loaded checkpoint again never replaces the encoder its flow was trained on
+        self.register_buffer("pretrained", torch.tensor(False))
         if self.mode == "learned":
             scale = 1.0  # unit RMS by construction
         elif config.latent_scale is not None:
             scale = float(config.latent_scale)
         else:
-            scale = self._estimate_scale(spec)
+            scale = self._estimate_scale(self._random_probe(spec))
+        self._set_scale(scale)
+        self.estimates_scale = self.mode != "learned" and config.latent_scale is None
+        self.train(False)
+
+    def _set_scale(self, scale: float) -> None:
         if not math.isfinite(scale) or scale <= 1e-6:
             raise ConfigError(f"ELF encoder latents are degenerate (estimated scale {scale}); check the encoder")
         self.latent_scale.fill_(scale)
-        self.train(False)
+
+    def pretrain(self, train: Tensor, seed: int, **options) -> dict:
+        """``scratch`` mode: masked-LM pretraining on ``train`` rows, then (when the
+        scale is estimated) the latent std re-measured on the first 64 of them. A no-op
+        returning ``{}`` when this encoder was pretrained already."""
+        if bool(self.pretrained):
+            return {}
+        facts = pretrain_encoder(self, train, seed=seed, **options)
+        self.pretrained.fill_(True)
+        if self.estimates_scale:
+            device = next(self.t5.parameters()).device
+            self._set_scale(self._estimate_scale(train[:64].to(device), self.spec.prefix_len))
+            facts["latent_scale"] = float(self.latent_scale)
+        return facts
 
     @property
     def frozen(self) -> bool:
@@ -215,14 +244,18 @@ class LatentEncoder(nn.Module):
             return None
         return F.normalize(self.table, dim=-1) * math.sqrt(self.table.shape[1])
 
-    @torch.no_grad()
-    def _estimate_scale(self, spec: DataSpec) -> float:
-        """Std of the encoder output on a fixed random-token probe (see module docstring)."""
-        if self.embed is not None:
-            return float((self.embed.weight.float() - self.latent_mean).std())
+    @staticmethod
+    def _random_probe(spec: DataSpec) -> Tensor:
+        """A fixed ``(8, min(L, 128))`` batch of random non-pad tokens."""
         gen = torch.Generator().manual_seed(0)
         length = max(1, min(spec.seq_len, 128))
         tokens = torch.randint(0, spec.vocab_size, (8, length), generator=gen)
-        tokens = torch.where(tokens == spec.pad_id, (tokens + 1) % spec.vocab_size, tokens)
-        h = self.raw(tokens, 0, None).float()
+        return torch.where(tokens == spec.pad_id, (tokens + 1) % spec.vocab_size, tokens)
+
+    @torch.no_grad()
+    def _estimate_scale(self, tokens: Tensor, prefix_len: int = 0) -> float:
+        """Std of the encoder output on ``tokens`` (see module docstring)."""
+        if self.embed is not None:
+            return float((self.embed.weight.float() - self.latent_mean).std())
+        h = self.raw(tokens, prefix_len, None).float()
         return float((h - self.latent_mean).std())

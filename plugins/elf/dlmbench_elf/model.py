@@ -29,6 +29,11 @@ Where paper and code differ this follows the code (it produced the checkpoints):
   are run only on the rows that use them (m = 1 and denoise), which computes exactly the
   JAX target, whose guidance term is zeroed elsewhere.
 
+Before the flow trains, ``prepare`` pretrains a ``scratch`` encoder (the ``tiny`` default)
+with masked LM on the training split and freezes it (:mod:`dlmbench_elf.pretrain`): the
+reference's latents come from a pretrained T5, and a frozen *random* T5 gave ELF almost
+no grammatical samples on the embedded default (``leaderboard/elf-ablations.md``).
+
 The network counted as NFE is the :class:`~dlmbench_elf.denoiser.Denoiser` only; the T5
 encoder is not a function evaluation (it is needed in training, and once per sample to
 embed a conditional task's source).
@@ -64,13 +69,14 @@ class ELFConfig(ModelConfig):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # like the MDLM/Duo/AR tiny presets (2 x 128, 4 heads, lr 1e-3, 100 warmup steps);
-        # a 2-layer 64-d random T5 over the task's vocabulary, latent scale estimated
+        # a 2-layer 64-d T5 over the task's vocabulary pretrained from scratch on the
+        # training split (the reference's encoder is pretrained), latent scale estimated
         "tiny": {
             "depth": 2,
             "hidden": 128,
             "heads": 4,
             "bottleneck_dim": 64,
-            "encoder": "random",
+            "encoder": "scratch",
             "encoder_name": None,
             "encoder_d_model": 64,
             "encoder_layers": 2,
@@ -109,7 +115,7 @@ class ELFConfig(ModelConfig):
     attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
 
     # encoder and latents (elf.md sections 1, 7)
-    encoder: Literal["frozen", "joint", "random", "token-embeddings", "learned"] = "frozen"
+    encoder: Literal["frozen", "joint", "scratch", "random", "token-embeddings", "learned"] = "frozen"
     encoder_name: str | None = "t5-small"  # hub name or local directory; None: build from the fields below
     encoder_d_model: int = Field(64, ge=4, le=8192)
     encoder_layers: int = Field(2, ge=1, le=64)
@@ -118,6 +124,11 @@ class ELFConfig(ModelConfig):
     encoder_d_kv: int | None = Field(None, ge=1)
     latent_scale: float | None = Field(0.2, gt=0)  # None: estimate (random / tiny encoders)
     latent_mean: float = 0.0
+    # encoder="scratch": masked-LM pretraining on the training split (dlmbench_elf.pretrain)
+    encoder_pretrain_steps: int = Field(4000, ge=1)
+    encoder_pretrain_batch_size: int = Field(64, ge=1)
+    encoder_pretrain_lr: float = Field(1e-3, gt=0)
+    encoder_mask_rate: float = Field(0.4, gt=0, lt=1)
 
     # flow and denoise branch (elf.md sections 2, 4)
     prediction: Literal["x", "v"] = "x"
@@ -202,6 +213,17 @@ class ELF(Model):
         else:
             self.decode_noise_scale = 1.0 if spec.conditional else 5.0
         self.last_losses: dict[str, Tensor] = {}
+
+    def prepare(self, train: Tensor, seed: int) -> dict:
+        """``encoder="scratch"``: pretrain the T5 encoder on the training rows, then freeze it
+        (once: a model whose encoder is pretrained, e.g. a loaded checkpoint, returns ``{}``)."""
+        if self.config.encoder != "scratch":
+            return {}
+        cfg = self.config
+        return self.encoder.pretrain(
+            train, seed, steps=cfg.encoder_pretrain_steps, batch_size=cfg.encoder_pretrain_batch_size,
+            lr=cfg.encoder_pretrain_lr, mask_rate=cfg.encoder_mask_rate,
+        )
 
     # plumbing ---------------------------------------------------------------------------
     @property

@@ -40,7 +40,7 @@ def test_presets_and_reference_defaults():
         c = ELFConfig.from_preset(name)
         assert (c.depth, c.hidden, c.heads) == size and c.encoder_name == "t5-small"
     t = ELFConfig.from_preset("tiny")
-    assert t.encoder == "random" and t.encoder_name is None and t.latent_scale is None
+    assert t.encoder == "scratch" and t.encoder_name is None and t.latent_scale is None
     with pytest.raises(ConfigError):
         ELFConfig.from_preset("XL")
 
