@@ -29,18 +29,18 @@ def _rows_of(model: dict, cells: list[dict]) -> str:
     return "; ".join(labels)
 
 
-def _prepared_notes(models: list[dict], cells: list[dict]) -> list[str]:
-    """One line per checkpoint whose ``Model.prepare`` did work before training, with the
-    training tokens it consumed outside the budget, so no table hides them."""
+def _prepared_notes(checkpoints: list[tuple[str, dict]]) -> list[str]:
+    """One line per ``(label, model record)`` whose ``Model.prepare`` did work before
+    training, with the training tokens it consumed outside the budget, so no table hides them."""
     lines = []
-    for m in sorted(models, key=lambda m: (m["model"], _rows_of(m, cells))):
+    for label, m in checkpoints:
         facts = m.get("prepared")
         if not facts:
             continue
         tokens = f"; {facts['tokens']:,} training tokens outside the budget" if "tokens" in facts else ""
         seconds = f", {facts['seconds']:.0f}s" if "seconds" in facts else ""
         what = facts.get("what", "prepared before training")
-        lines.append(f"- {_rows_of(m, cells) or m['model']}: {what}{tokens}{seconds}.")
+        lines.append(f"- {label}: {what}{tokens}{seconds}.")
     return lines + [""] if lines else []
 
 
@@ -137,17 +137,19 @@ def render_markdown(cells: list[dict], models: list[dict] | None = None, command
         group_models = [m for m in models if m.get("task") == task and m.get("budget_hash") == bhash]
         if group_models:
             out += ["### Training and likelihood bounds", ""]
+            ordered = sorted(group_models, key=lambda m: (m["model"], _rows_of(m, group)))
+            checkpoints = [(_rows_of(m, group) or m["model"], m) for m in ordered]
             rows = []
-            for m in sorted(group_models, key=lambda m: (m["model"], _rows_of(m, group))):
+            for label, m in checkpoints:
                 bound = m.get("likelihood_bound") or {}
                 rows.append([
-                    _rows_of(m, group) or m["model"], f"{m['parameters']:,}", f"{m['train_tokens']:,}", f"{m['train_seconds']:.0f}s",
+                    label, f"{m['parameters']:,}", f"{m['train_tokens']:,}", f"{m['train_seconds']:.0f}s",
                     _fmt(m.get("final_loss")), _fmt(bound.get("nelbo_per_token")), _fmt(bound.get("ppl_bound")),
                 ])
             headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
                        "NELBO/token (nats) ↓", "PPL bound ↓"]
             out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
-            out += _prepared_notes(group_models, group)
+            out += _prepared_notes(checkpoints)
     if failed:
         out += ["## Failed cells", ""]
         for c in failed:

@@ -77,7 +77,7 @@ def pretrain_encoder(
         bound = 1.0 / float(t5.config.d_model) ** 0.5
         head.weight.copy_(torch.empty_like(head.weight, device="cpu").uniform_(-bound, bound, generator=gen))
         head.bias.zero_()
-    params = [p for p in t5.parameters()] + list(head.parameters())
+    params = list(t5.parameters()) + list(head.parameters())
     for p in t5.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
