@@ -10,6 +10,7 @@ produces exactly the records of a single-process run with the same seeds.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -35,9 +36,17 @@ def setup() -> World:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        # Left to interpreter shutdown, gloo's threads can abort a rank on exit
+        # ("terminate called without an active exception") after a successful run.
+        atexit.register(_shut_down)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return World(dist.get_rank(), dist.get_world_size())
+
+
+def _shut_down() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> World:
