@@ -6,7 +6,10 @@ Built-in models, samplers, metrics and tasks are registered through these same h
 (see ``dlmbench.plugins.DEFAULT_PLUGINS``), so a third-party plugin has exactly the
 powers the core has.
 
-Exact signatures (a plugin implements any subset, with ``@dlmbench.hookimpl``)::
+A plugin implements any subset, each function marked with ``@dlmbench.hookimpl``
+(``@dlmbench.hookimpl(specname="register_models")`` lets it have another name); pluggy
+does not call an unmarked function, and ``dlmbench.plugins`` warns about one that has a
+hook's name. Exact signatures::
 
     register_models(register: Callable[[type[dlmbench.Model]], None]) -> None
     register_samplers(register: Callable[[type[dlmbench.Sampler]], None]) -> None

@@ -1,23 +1,36 @@
-"""Finding plugins: built-ins first, then the ``dlmbench`` entry-point group.
+"""Finding plugins and calling their hooks, all through pluggy.
 
-Operator controls (the pytest/llm/datasette conventions):
-  ``DLMBENCH_LOAD_PLUGINS=elf,mdlm``: load only these entry points (empty: none).
-  ``DLMBENCH_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points at all.
-  ``--plugins`` on the CLI sets the first for one command.
+Plugins register in a fixed order: the built-ins (``DEFAULT_PLUGINS``), then the
+``dlmbench`` entry-point group through pluggy's own ``load_setuptools_entrypoints``, then
+``extra`` objects. Entry points load one at a time, so a plugin that fails to import is
+recorded in ``DlmbenchPluginManager.failures`` and the rest still load: commands that do
+not need it keep working. Registries are filled from ``pm.hook.register_*.get_hookimpls()``
+with each implementation's ``plugin_name`` as its origin, so ``specname`` is honoured and
+a function that merely has a hook's name is not called (an :class:`UnmarkedHookWarning`
+says so). Versions come from ``pm.list_plugin_distinfo()``.
+
+This module reads no environment; the CLI translates the operator controls (the
+pytest/llm/datasette conventions) into :func:`get_plugin_manager` arguments and builds one
+plugin manager per process:
+  ``DLMBENCH_LOAD_PLUGINS=elf,mdlm`` or ``--plugins elf,mdlm``: ``only=["elf", "mdlm"]``
+  (an empty list loads no entry point).
+  ``DLMBENCH_DISABLE_PLUGIN_AUTOLOAD=1``: ``autoload=False``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
-import os
+import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pluggy
 
 from dlmbench import hookspecs
-from dlmbench.registry import Registry
+from dlmbench.errors import UnknownNameError
+from dlmbench.registry import Registry, did_you_mean
 
 ENTRY_POINT_GROUP = "dlmbench"
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -30,6 +43,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
+class UnmarkedHookWarning(UserWarning):
+    """A plugin has a function named like a hook but not marked, so it is never called."""
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -39,90 +56,138 @@ class PluginInfo:
     hooks: tuple[str, ...]
 
 
-def _allowlist(only: Iterable[str] | None) -> set[str] | None:
-    if only is not None:
-        return {o.strip() for o in only if o.strip()}
-    env = os.environ.get("DLMBENCH_LOAD_PLUGINS")
-    if env is None:
-        return None
-    return {o.strip() for o in env.split(",") if o.strip()}
+class DlmbenchPluginManager(pluggy.PluginManager):
+    """pluggy's manager with the dlmbench hookspecs, plus the entry points that failed.
+
+    ``failures`` maps an entry-point name to one printable line saying why it did not
+    load; the CLI prints them as warnings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.failures: dict[str, str] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register as pluggy does, warning about hook-named functions pluggy will skip."""
+        plugin_name = super().register(plugin, name)
+        if plugin_name is not None:
+            for hook_name, caller in vars(self.hook).items():
+                function = getattr(plugin, hook_name, None)
+                if caller.has_spec() and callable(function) and self.parse_hookimpl_opts(plugin, hook_name) is None:
+                    warnings.warn(
+                        f"plugin {plugin_name!r}: function {hook_name!r} is not marked with "
+                        "@dlmbench.hookimpl, so pluggy does not call it; add the decorator",
+                        UnmarkedHookWarning,
+                        stacklevel=2,
+                    )
+        return plugin_name
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _load_entry_points(pm: DlmbenchPluginManager, only: Iterable[str] | None) -> None:
+    """Load the entry points (all, or those named in ``only``) one by one, recording failures."""
+    installed = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if only is None:
+        names = list(installed)
+    else:
+        names = list(dict.fromkeys(n.strip() for n in only if n.strip()))
+        for name in names:
+            if name not in installed:
+                raise UnknownNameError(
+                    f"no installed plugin entry point is named {name!r} "
+                    f"(built-in plugins always load).{did_you_mean(name, list(installed))}"
+                )
+    for name in names:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+            pm.check_pending()  # a misspelt hook fails this plugin, not the whole manager
+        except Exception as exc:  # noqa: BLE001 - any error loading a plugin is its own failure
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+            pm.failures[name] = (
+                f"plugin {name!r} (entry point {name} = {installed[name].value}) "
+                f"failed to load: {_one_line(exc)}"
+            )
 
 
 def get_plugin_manager(
-    load_entrypoints: bool = True,
     only: Iterable[str] | None = None,
+    autoload: bool = True,
     extra: Iterable[object] = (),
     defaults: bool = True,
-) -> pluggy.PluginManager:
+) -> DlmbenchPluginManager:
     """A fresh plugin manager (no import-time global, so tests stay isolated).
 
-    ``only`` restricts entry points by name (overrides ``DLMBENCH_LOAD_PLUGINS``);
-    ``extra`` registers plugin objects directly (tests, notebooks); ``defaults=False``
-    leaves out the built-in plugins.
+    ``only`` names the entry points to load (``None``: all; ``[]``: none); naming one that
+    is not installed raises :class:`UnknownNameError` listing those that are.
+    ``autoload=False`` loads no entry point. ``extra`` registers plugin objects directly
+    (tests, notebooks); ``defaults=False`` leaves out the built-ins. Entry points that fail
+    to load are in ``.failures``; misspelt hooks of built-ins or extras raise
+    ``pluggy.PluginValidationError``.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = DlmbenchPluginManager()
     for modname in DEFAULT_PLUGINS if defaults else ():
         pm.register(importlib.import_module(modname), name=modname)
-    autoload = load_entrypoints and not os.environ.get("DLMBENCH_DISABLE_PLUGIN_AUTOLOAD")
     if autoload:
-        allow = _allowlist(only)
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if allow is not None and ep.name not in allow:
-                continue
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-                continue
-            module = ep.load()
-            pm.register(module, name=ep.name)
-            dist = getattr(ep, "dist", None)
-            pm._dlmbench_dists = getattr(pm, "_dlmbench_dists", {})  # type: ignore[attr-defined]
-            pm._dlmbench_dists[ep.name] = dist  # type: ignore[attr-defined]
+        _load_entry_points(pm, only)
     for obj in extra:
         pm.register(obj)
     pm.check_pending()
     return pm
 
 
+def _call_register_hook(hook: pluggy.HookCaller, add: Callable[..., None]) -> None:
+    """Call each implementation in registration order with a ``register`` that knows its origin."""
+    for impl in hook.get_hookimpls():
+        if impl.hookwrapper or impl.wrapper:
+            raise TypeError(
+                f"plugin {impl.plugin_name!r}: {hook.name} collects registrations; "
+                "a wrapper implementation cannot take part"
+            )
+        kwargs = {"register": functools.partial(add, plugin=impl.plugin_name)}
+        impl.function(*(kwargs[arg] for arg in impl.argnames))  # pluggy's calling convention
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Call every ``register_*`` hook and collect the results, noting their origin."""
     registry = Registry()
-    for plugin_name, plugin in pm.list_name_plugin():
-        name = plugin_name or repr(plugin)
-        for hook, add in (
-            ("register_models", registry.add_model),
-            ("register_samplers", registry.add_sampler),
-            ("register_metrics", registry.add_metric),
-            ("register_tasks", registry.add_task),
-        ):
-            impl = getattr(plugin, hook, None)
-            if impl is not None and callable(impl):
-                impl(register=lambda cls, _add=add, _n=name: _add(cls, _n))
+    _call_register_hook(pm.hook.register_models, registry.add_model)
+    _call_register_hook(pm.hook.register_samplers, registry.add_sampler)
+    _call_register_hook(pm.hook.register_metrics, registry.add_metric)
+    _call_register_hook(pm.hook.register_tasks, registry.add_task)
     return registry
 
 
-def load_registry(only: Iterable[str] | None = None, extra: Iterable[object] = ()) -> Registry:
-    """The registry the CLI and the runner use."""
-    return build_registry(get_plugin_manager(only=only, extra=extra))
+def load_registry(
+    only: Iterable[str] | None = None, extra: Iterable[object] = (), autoload: bool = True
+) -> Registry:
+    """A registry from a plugin manager of its own, for scripts and tests.
+
+    The CLI builds one manager per process and calls :func:`build_registry` on it instead.
+    """
+    return build_registry(get_plugin_manager(only=only, autoload=autoload, extra=extra))
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
     """Name, version, location and implemented hooks of every loaded plugin."""
-    dists = getattr(pm, "_dlmbench_dists", {})
+    from dlmbench import __version__
+
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     infos = []
     for name, plugin in pm.list_name_plugin():
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or []))
-        dist = dists.get(name)
         builtin = name in DEFAULT_PLUGINS
-        if dist is not None:
-            version = dist.version
-        else:
-            from dlmbench import __version__
-
-            version = __version__ if builtin else "?"
+        dist = dists.get(id(plugin))
+        version = dist.version if dist is not None else __version__ if builtin else "?"
         location = getattr(plugin, "__file__", None) or repr(plugin)
         infos.append(PluginInfo(name, version, str(location), builtin, hooks))
     return infos
 
 
 def plugin_versions(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Version of every non-built-in plugin, for the run record."""
     return {p.name: p.version for p in describe_plugins(pm) if not p.builtin}

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import dlmbench
 from dlmbench import hookspecs
 from dlmbench.errors import ConfigError
-from dlmbench.plugins import build_registry, get_plugin_manager
+from dlmbench.plugins import UnmarkedHookWarning, build_registry, get_plugin_manager
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -39,7 +39,7 @@ def test_a_hook_with_a_typo_is_rejected():
             pass
 
     with pytest.raises(pluggy.PluginValidationError):
-        get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Typo()])
+        get_plugin_manager(autoload=False, defaults=False, extra=[Typo()])
 
 
 def test_registering_a_non_model_is_a_type_error():
@@ -48,8 +48,80 @@ def test_registering_a_non_model_is_a_type_error():
         def register_models(self, register):
             register(dict)
 
-    pm = get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Bad()])
+    pm = get_plugin_manager(autoload=False, defaults=False, extra=[Bad()])
     with pytest.raises(TypeError, match="not a Model subclass"):
+        build_registry(pm)
+
+
+def test_a_sampler_without_its_model_is_a_type_error():
+    import toyplugin
+
+    class Orphan:
+        @dlmbench.hookimpl
+        def register_samplers(self, register):
+            register(type("Orphan", (toyplugin.Reveal,), {"model": ""}))
+
+    pm = get_plugin_manager(autoload=False, defaults=False, extra=[Orphan()])
+    with pytest.raises(TypeError, match="must set `model`"):
+        build_registry(pm)
+
+
+def test_a_hookimpl_with_specname_registers_under_its_plugin_name():
+    """pluggy's ``specname`` lets the function have any name; it was ignored by getattr dispatch."""
+    import toyplugin
+
+    class Provider:
+        @dlmbench.hookimpl(specname="register_models")
+        def provide_the_toy(self, register):
+            register(toyplugin.ToyModel)
+
+    provider = Provider()
+    pm = get_plugin_manager(autoload=False, defaults=False, extra=[provider])
+    registry = build_registry(pm)
+    assert registry.models == {"toy": toyplugin.ToyModel}
+    assert registry.origin[(dlmbench.Model, "toy")] == pm.get_name(provider)
+
+
+def test_an_unmarked_hook_function_is_not_called_and_the_warning_says_why():
+    """A function merely named like a hook is invisible to pluggy; registering it anyway hid the bug."""
+    import toyplugin
+
+    class Unmarked:
+        def register_models(self, register):
+            register(toyplugin.ToyModel)
+
+    unmarked = Unmarked()
+    with pytest.warns(UnmarkedHookWarning) as caught:
+        pm = get_plugin_manager(autoload=False, defaults=False, extra=[unmarked])
+    assert [str(w.message) for w in caught] == [
+        f"plugin {pm.get_name(unmarked)!r}: function 'register_models' is not marked with "
+        "@dlmbench.hookimpl, so pluggy does not call it; add the decorator"
+    ]
+    assert build_registry(pm).models == {}
+
+
+def test_a_wrapper_on_a_register_hook_is_rejected():
+    class Wrapper:
+        @dlmbench.hookimpl(wrapper=True)
+        def register_models(self, register):
+            return (yield)
+
+    pm = get_plugin_manager(autoload=False, defaults=False, extra=[Wrapper()])
+    with pytest.raises(TypeError, match="a wrapper implementation cannot take part"):
+        build_registry(pm)
+
+
+def test_builtins_register_before_extras():
+    import toyplugin
+
+    class Shadow:
+        @dlmbench.hookimpl
+        def register_models(self, register):
+            register(type("Shadow", (toyplugin.ToyModel,), {"name": "ar"}))
+
+    shadow = Shadow()
+    pm = get_plugin_manager(autoload=False, extra=[shadow])
+    with pytest.raises(ConfigError, match=f"by 'dlmbench.builtin.ar' and by '{pm.get_name(shadow)}'"):
         build_registry(pm)
 
 
@@ -61,13 +133,13 @@ def test_the_same_name_from_two_plugins_is_an_error():
         def register_models(self, register):
             register(type("ToyTwin", (toyplugin.ToyModel,), {}))
 
-    pm = get_plugin_manager(load_entrypoints=False, defaults=False, extra=[toyplugin, Twin()])
+    pm = get_plugin_manager(autoload=False, defaults=False, extra=[toyplugin, Twin()])
     with pytest.raises(ConfigError, match="registered twice"):
         build_registry(pm)
 
 
 def test_builtins_come_through_the_same_hooks(toy_registry):
-    registry = build_registry(get_plugin_manager(load_entrypoints=False))
+    registry = build_registry(get_plugin_manager(autoload=False))
     assert "ar" in registry.models and "grammar" in registry.tasks and "oracle-nll" in registry.metrics
     assert registry.origin[(dlmbench.Model, "ar")] == "dlmbench.builtin.ar"
 
@@ -83,6 +155,6 @@ def test_register_commands_adds_a_subcommand():
                 click.echo("hello from a plugin")
 
     group = PluginCommandGroup()
-    get_plugin_manager(load_entrypoints=False, defaults=False, extra=[Commands()]).hook.register_commands(cli=group)
+    get_plugin_manager(autoload=False, defaults=False, extra=[Commands()]).hook.register_commands(cli=group)
     result = CliRunner().invoke(group, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
