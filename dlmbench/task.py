@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from dlmbench.context import RunContext
 from dlmbench.data import DataSpec
 from dlmbench.tokenizer import TextTokenizer
 
@@ -22,6 +23,9 @@ class TaskConfig(BaseModel):
     """Base of task settings; subclasses add fields (``extra="forbid"``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=TaskConfig)
 
 
 @dataclass
@@ -54,13 +58,14 @@ class TaskData:
         return h.hexdigest()[:16]
 
 
-class Task:
-    """Base class of every task plugin.
+class Task(Generic[ConfigT]):
+    """Base class of every task plugin, generic over its config
+    (``class KJVTask(CorpusTask[KJVConfig])``: ``self.config`` is a ``KJVConfig``).
 
     Class attributes a plugin sets:
       ``name``: the id used by ``--task`` (a task may accept an argument after a
       colon, e.g. ``text:PATH``; it receives it as ``argument``).
-      ``Config``: its :class:`TaskConfig` subclass.
+      ``Config``: its :class:`TaskConfig` subclass (the class its type argument names).
       ``conditional``: True for source -> target tasks.
       ``default_metrics``: metric names scored when a run names none.
     """
@@ -69,15 +74,27 @@ class Task:
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     conditional: ClassVar[bool] = False
     default_metrics: ClassVar[tuple[str, ...]] = ()
+    config: ConfigT
 
-    def __init__(self, config: TaskConfig | None = None, argument: str | None = None):
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: ConfigT | None = None, argument: str | None = None):
+        self.config = config if config is not None else cast(ConfigT, self.Config())
         self.argument = argument
 
-    def load(self, seq_len: int, num_eval: int, seed: int) -> TaskData:
+    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
         """Build the data for sequences of ``seq_len`` tokens.
 
         ``num_eval`` is the number of evaluation prompts a conditional task must
-        provide; ``seed`` fixes any generation or shuffling.
+        provide; ``seed`` fixes any generation or shuffling. ``context`` says where built
+        data may be cached (``context.tasks``) and whether the Hugging Face hub may be
+        contacted (``context.offline``); None means :func:`task_context`'s default.
         """
         raise NotImplementedError
+
+
+def task_context(context: RunContext | None) -> RunContext:
+    """The context a task loads under: the caller's, else this process's
+    ``RunContext.create(device="cpu")``: the cache ``.dlmbench-cache`` in the working
+    directory, and offline exactly when the user's ``HF_*`` switches say so. That default
+    is cheap: it probes no network and initialises no accelerator (tasks need neither).
+    """
+    return context if context is not None else RunContext.create(device="cpu")

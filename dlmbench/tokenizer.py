@@ -1,13 +1,15 @@
 """One tokenizer wrapper for every task, built on the ``tokenizers`` library.
 
-Every dlmbench vocabulary reserves the same five special tokens at fixed ids
+Every vocabulary dlmbench builds reserves the same five special tokens at fixed ids
 (``[PAD]=0, [UNK]=1, [BOS]=2, [EOS]=3, [MASK]=4``) so that absorbing-state models find
-their mask inside the vocabulary and EOS handling is the same for every task.
+their mask inside the vocabulary and EOS handling is the same for every task. A
+pretrained vocabulary keeps its own ids (:class:`SpecialIdsTokenizer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers, decoders
 
@@ -75,3 +77,40 @@ class TextTokenizer:
         """Ids up to (not including) the first EOS."""
         ids = list(ids)
         return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
+
+
+class SpecialIdsTokenizer(TextTokenizer):
+    """A :class:`TextTokenizer` whose special ids are not dlmbench's fixed 0..4.
+
+    Used for pretrained vocabularies, e.g. GPT-2 as MDLM and Duo use it: BOS = EOS =
+    ``<|endoftext|>`` = 50256, and one added id, 50257, that MDLM uses as MASK
+    (``kuleshov-group/mdlm@c112c52 diffusion.py``, ``Diffusion.__init__``) and Duo as
+    PAD (``s-sahoo/duo@7c9b498 dataloader.py``, ``get_tokenizer``); here it serves as both.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, pad_id: int, unk_id: int, bos_id: int,
+                 eos_id: int, mask_id: int):
+        self.backend = tokenizer
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id = (
+            pad_id, unk_id, bos_id, eos_id, mask_id)
+        n = tokenizer.get_vocab_size()
+        for what, i in self.special_ids().items():
+            if not 0 <= i < n:
+                raise ValueError(f"{what}={i} is outside the vocabulary of {n} tokens")
+
+    def special_ids(self) -> dict[str, int]:
+        return {"pad_id": self.pad_id, "unk_id": self.unk_id, "bos_id": self.bos_id,
+                "eos_id": self.eos_id, "mask_id": self.mask_id}
+
+
+def tokenizer_meta(tok: TextTokenizer) -> dict[str, Any]:
+    """What :func:`tokenizer_from_meta` needs besides ``tok.to_str()``: the special ids."""
+    if isinstance(tok, SpecialIdsTokenizer):
+        return {"class": "special", "ids": tok.special_ids()}
+    return {"class": "dlmbench"}
+
+
+def tokenizer_from_meta(data: str, meta: dict[str, Any]) -> TextTokenizer:
+    if meta.get("class") == "special":
+        return SpecialIdsTokenizer(Tokenizer.from_str(data), **meta["ids"])
+    return TextTokenizer.from_str(data)

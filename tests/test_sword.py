@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dlmbench.errors import ConfigError
-from dlmbench.tasks import sword
+from dlmbench.tasks import sword, versification
 
 # Two testaments: "Gen" with chapters of 2 and 3 verses; "Matt" with one of 2 verses.
-TINY = sword.Versification.parse("Gen 2 3", "Matt 2")
+TINY = versification.Versification.parse("Gen 2 3", "Matt 2")
 
 # slot texts per testament (None: empty slot); slots are header, testament, book intro,
 # then per chapter an intro and its verses
@@ -65,13 +65,13 @@ def write_module(path: Path, testaments: list[list[str | None]], wide: bool = Fa
 def test_versification_slots_and_kjv_table():
     slots = TINY.slots(0)
     assert len(slots) == len(OT) and slots[:2] == [None, None]
-    assert slots[2] == sword.VerseRef("Gen", 0, 0) and slots[4] == sword.VerseRef("Gen", 1, 1)
+    assert slots[2] == versification.VerseRef("Gen", 0, 0) and slots[4] == versification.VerseRef("Gen", 1, 1)
     assert [r.osis for r in TINY.verses()] == ["Gen.1.1", "Gen.1.2", "Gen.2.1", "Gen.2.2", "Gen.2.3",
                                                "Matt.1.1", "Matt.1.2"]
-    books = [b for t in sword.KJV.testaments for b, _ in t]
+    books = [b for t in versification.KJV.testaments for b, _ in t]
     assert len(books) == 66 and books[0] == "Gen" and books[-1] == "Rev"
-    assert len(sword.KJV.verses()) == 31_102
-    lengths = sword.KJV.chapter_lengths()
+    assert len(versification.KJV.verses()) == 31_102
+    lengths = versification.KJV.chapter_lengths()
     assert len(lengths) == 1189 and lengths[("Ps", 119)] == 176 and lengths[("John", 11)] == 57
 
 
@@ -101,7 +101,7 @@ def test_clean_osis_rules():
 
 def test_wrong_versification_and_missing_files(tmp_path):
     path = write_module(tmp_path / "tiny", [OT, NT])
-    other = sword.Versification.parse("Gen 3 3", "Matt 2")
+    other = versification.Versification.parse("Gen 3 3", "Matt 2")
     with pytest.raises(ConfigError, match="versification"):
         sword.ZModule(path, other).raw_verses
     (path / "nt.bzz").unlink()
@@ -161,7 +161,7 @@ def test_real_kjv():
     kjv = sword.ZModule(KJV_DIR)
     verses = kjv.verses()
     assert len(verses) == 31_102
-    assert verses[0] == (sword.VerseRef("Gen", 1, 1), "In the beginning God created the heaven and the earth.")
+    assert verses[0] == (versification.VerseRef("Gen", 1, 1), "In the beginning God created the heaven and the earth.")
     text = dict((r.osis, t) for r, t in verses)
     assert text["John.11.35"] == "Jesus wept."
     assert text["Rev.22.21"] == "The grace of our Lord Jesus Christ be with you all. Amen."

@@ -1,5 +1,10 @@
 """A probabilistic context-free grammar with exact, vectorised algorithms.
 
+This file runs past 400 lines because it is one object: sampling, the inside algorithm
+and the exact length tables all read the binarised tables :meth:`PCFG._compile` builds,
+so a split would scatter one class's private state over several modules (the small
+:class:`GrammarOracle` only conditions those exact quantities on length).
+
 The default dlmbench task draws its data from a PCFG so that the data distribution is
 known exactly. This module is the generic machinery; the concrete English-like grammar
 lives in :mod:`dlmbench.tasks.english`.

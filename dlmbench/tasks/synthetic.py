@@ -21,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field
 
 import dlmbench
+from dlmbench.context import RunContext
 from dlmbench.data import DataSpec
 from dlmbench.errors import ConfigError
 from dlmbench.task import Task, TaskConfig, TaskData
@@ -96,7 +98,7 @@ class GrammarConfig(TaskConfig):
     valid_sentences: int = Field(2_000, ge=1, description="validation sequences")
 
 
-class GrammarTask(Task):
+class GrammarTask(Task[GrammarConfig]):
     """Sentences of a known PCFG: exact NLL, grammaticality and length statistics."""
 
     name = "grammar"
@@ -104,8 +106,9 @@ class GrammarTask(Task):
     conditional = False
     default_metrics = ("oracle-nll", "grammar-accept", "unigram-entropy")
 
-    def load(self, seq_len: int, num_eval: int, seed: int) -> TaskData:
-        cfg: GrammarConfig = self.config  # type: ignore[assignment]
+    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
+        """Generated in memory (fast, exact): no cache, so ``context`` is not needed."""
+        cfg = self.config
         _check_fit(seq_len - 1, "sentence", seq_len)
         oracle = GrammarOracle(english.english_grammar(), seq_len - 1)
         tok = _tokenizer(False)
@@ -181,7 +184,7 @@ class TransductionConfig(TaskConfig):
     valid_sentences: int = Field(1_000, ge=1, description="validation pairs")
 
 
-class _GrammarTransductionTask(Task):
+class _GrammarTransductionTask(Task[TransductionConfig]):
     """A source sentence of the grammar and its deterministic transform."""
 
     Config = TransductionConfig
@@ -189,8 +192,9 @@ class _GrammarTransductionTask(Task):
     default_metrics = ("exact-match", "bleu", "rouge")
     kind = ""
 
-    def load(self, seq_len: int, num_eval: int, seed: int) -> TaskData:
-        cfg: TransductionConfig = self.config  # type: ignore[assignment]
+    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
+        """Generated in memory (fast, exact): no cache, so ``context`` is not needed."""
+        cfg = self.config
         grammar = english.english_grammar()
         prefix_len = seq_len // 2
         src_max, tgt_max = prefix_len - 1, seq_len - prefix_len - 1
@@ -249,7 +253,7 @@ class GrammarSummarizeTask(_GrammarTransductionTask):
 
 
 @dlmbench.hookimpl
-def register_tasks(register) -> None:
+def register_tasks(register: Callable[[type[Task[Any]]], None]) -> None:
     register(GrammarTask)
     register(GrammarTranslateTask)
     register(GrammarSummarizeTask)
