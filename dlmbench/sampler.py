@@ -7,6 +7,7 @@ function evaluations: the core counts forward calls of ``model.network``.
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
 import torch
@@ -14,6 +15,14 @@ from pydantic import BaseModel, ConfigDict
 
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.model import Model
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a sampler builds its state: the device of the model's first parameter or
+    buffer (CPU for a model with neither)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class SamplerConfig(BaseModel):
@@ -42,7 +51,7 @@ class Sampler:
         """Return ``(request.num_samples, model.spec.seq_len)`` int64 token ids.
 
         For conditional tasks the first ``model.spec.prefix_len`` columns repeat
-        ``request.prefix``.
+        ``request.prefix``: :func:`dlmbench.prefix.initial_ids` builds such a start.
         """
         raise NotImplementedError
 

@@ -2,7 +2,7 @@
 
 Every DLM table carries a left-to-right model trained under the same token budget; this
 is it. The layout follows nanoGPT (Karpathy): attention, MLP, Block, config, model. The
-choices follow the AR baseline of the MDLM/Duo codebases (mdlm_duo.md section 1), which
+choices follow the AR baseline of the MDLM/Duo codebases (kuleshov-group/mdlm@c112c52, s-sahoo/duo@7c9b498), which
 is their DiT block without time conditioning:
 
 * pre-norm blocks, LayerNorm without bias, GELU (tanh) MLP with ratio 4;
@@ -105,8 +105,8 @@ class Block(nn.Module):
 
 class ARConfig(ModelConfig):
     """Options of ``ar``. The defaults are the ``small`` preset (12 x 768, GPT-2 small
-    sized) with the MDLM/Duo OWT recipe their AR baseline shares (mdlm_duo.md section
-    1): AdamW 3e-4, betas (0.9, 0.999), no weight decay, 2500 warmup steps then
+    sized) with the MDLM/Duo OWT recipe their AR baseline shares (Duo appendix C.5,
+    ``configs/config.yaml`` of both codebases): AdamW 3e-4, betas (0.9, 0.999), no weight decay, 2500 warmup steps then
     constant, clip 1.0, EMA 0.9999. ``tiny`` matches the MDLM/Duo tiny presets (2 x 128,
     4 heads, lr 1e-3, 100 warmup steps) so the CPU comparison is like for like."""
 

@@ -26,15 +26,10 @@ from pydantic import Field
 from dlmbench.categorical import sample_categorical
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.model import Model
-from dlmbench.sampler import Sampler, SamplerConfig
+from dlmbench.prefix import initial_ids
+from dlmbench.sampler import Sampler, SamplerConfig, model_device
 
 Choose = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _device(model: Model) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -43,13 +38,10 @@ def generate_left_to_right(model: Model, request: SampleRequest, choose: Choose)
     each token. Runs in eval mode (dropout off) and restores the previous mode."""
     spec = model.spec
     B, P, L = request.num_samples, spec.prefix_len, spec.seq_len
-    device = _device(model)
-    out = torch.full((B, L), spec.pad_id, dtype=torch.long, device=device)
+    device = model_device(model)
+    out = initial_ids(spec, request, spec.pad_id, device)  # the prefix, then pads to overwrite
     inp = torch.full((B, 1), spec.bos_id, dtype=torch.long, device=device)
     if P:
-        if request.prefix is None or tuple(request.prefix.shape) != (B, P):
-            raise ValueError(f"a conditional task needs a prefix of shape {(B, P)}")
-        out[:, :P] = request.prefix.to(device)
         inp = torch.cat([inp, out[:, :P]], dim=1)  # [BOS] + prefix
     was_training = model.training
     model.eval()

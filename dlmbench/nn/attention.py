@@ -1,8 +1,9 @@
 """Multi-head attention kernels behind one switch: ``auto | sdpa | xformers | math``.
 
-xformers' memory-efficient attention is used only when every condition holds (the
-feasibility report, section 2): CUDA tensors, fp16/bf16, ``xformers.ops`` imports and a
-one-off probe call succeeded. Otherwise PyTorch's ``scaled_dot_product_attention``.
+xformers' memory-efficient attention is used only when every condition holds: CUDA
+tensors, fp16/bf16, ``xformers.ops`` imports and a one-off probe call succeeded. Its
+wheels import on a CPU-only machine, or against another torch build, and only fail when
+called, hence the probe. Otherwise PyTorch's ``scaled_dot_product_attention``.
 ``math`` is a plain softmax(QK^T)V reference used by the tests.
 """
 

@@ -1,10 +1,11 @@
-"""The DiT backbone of MDLM and Duo ("DDiT", mdlm_duo.md section 1), shared by both plugins.
+"""The DiT backbone of MDLM and Duo, shared by both plugins: the "DDiT" of
+``kuleshov-group/mdlm@c112c52 models/dit.py`` and ``s-sahoo/duo@7c9b498 models/dit.py``.
 
 A bidirectional transformer with adaLN-Zero time conditioning, read top to bottom:
 
 * ``vocab_embed``: a raw ``[K, D]`` matrix read by lookup (Kaiming-uniform, a = sqrt 5).
   Duo's curriculum feeds a ``(B, L, K)`` float tensor instead; the embedding is then the
-  soft lookup ``softmax(input) @ E`` (Duo's ``EmbeddingLayer.forward``).
+  soft lookup ``softmax(input) @ E`` (``EmbeddingLayer.forward`` of Duo's ``models/dit.py``).
 * ``sigma_map``: ``c = SiLU(MLP(phi(sigma)))``, phi the 256-wide sinusoidal embedding
   (cosine half first, max period 1e4), MLP ``Linear(256, cond) - SiLU - Linear(cond, cond)``.
 * ``blocks``: pre-norm blocks. ``adaLN_modulation(c)`` gives ``(shift, scale, gate)`` for
@@ -18,8 +19,10 @@ A bidirectional transformer with adaLN-Zero time conditioning, read top to botto
   uniform logits); the others keep PyTorch's default initialisation.
 
 Parameter names, shapes and registration order are those of the released checkpoints
-(mdlm_duo.md section 5, without the ``backbone.`` prefix), so ``kuleshov-group/mdlm-owt``
-and ``s-sahoo/duo`` load by key mapping (:mod:`dlmbench.nn.dit_weights`).
+(the ``backbone.*`` keys of the ``model.safetensors`` of the Hugging Face repositories
+``kuleshov-group/mdlm-owt`` and ``s-sahoo/duo``, without the prefix), so those load by key
+mapping (:mod:`dlmbench.nn.dit_weights`). The network is built from its config by
+:meth:`dlmbench.nn.dit_config.DiTModelConfig.build_dit`.
 
 Precision: on CUDA the blocks and output layer run under bf16 autocast when ``bf16`` is
 set, as in the references; on CPU everything is fp32 unless the caller runs under
@@ -32,7 +35,6 @@ Differences from the official code: attention goes through the shared backend sw
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,29 +44,6 @@ from dlmbench.nn.attention import attention
 from dlmbench.nn.rotary import Rotary, apply_rotary
 
 FREQUENCY_EMBEDDING_SIZE = 256
-
-
-@dataclass(frozen=True)
-class DiTSize:
-    """The architecture numbers of one DiT (the fields of the references' ``model=*``)."""
-
-    hidden_size: int
-    n_blocks: int
-    n_heads: int
-    cond_dim: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.1
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-#: ``small`` is the released OWT model (12 x 768, 12 heads, cond 128, dropout 0.1);
-#: ``tiny`` is the CPU default (fast enough to train on two cores).
-SIZES: dict[str, DiTSize] = {
-    "tiny": DiTSize(hidden_size=128, n_blocks=2, n_heads=4, cond_dim=128, dropout=0.0),
-    "small": DiTSize(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1),
-}
 
 
 def timestep_embedding(sigma: torch.Tensor, dim: int = FREQUENCY_EMBEDDING_SIZE, max_period: float = 10_000.0):
@@ -211,11 +190,6 @@ class DiT(nn.Module):
             for _ in range(n_blocks)
         )
         self.output_layer = DDiTFinalLayer(hidden_size, vocab_size, cond_dim)
-
-    @classmethod
-    def from_size(cls, vocab_size: int, size: DiTSize | str, **kwargs) -> "DiT":
-        size = SIZES[size] if isinstance(size, str) else size
-        return cls(vocab_size, **size.as_dict(), **kwargs)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         h = self.vocab_embed(x)

@@ -2,27 +2,32 @@
 
 The published Hugging Face repositories (``kuleshov-group/mdlm-owt``, ``s-sahoo/duo``,
 ``s-sahoo/duo-distilled``) hold a ``config.json`` and a fp32 ``model.safetensors`` whose
-keys are the DiT's parameter names under a ``backbone.`` prefix (mdlm_duo.md section 5).
-We read those two files only: the repositories' ``modeling_*.py`` is never downloaded
-or executed (no ``trust_remote_code``), and no pickle is unpickled.
+keys are the DiT's parameter names under a ``backbone.`` prefix (the DiT is the models'
+``backbone`` attribute). We read those two files only: the repositories'
+``modeling_*.py`` is never downloaded or executed (no ``trust_remote_code``), and no
+pickle is unpickled.
 
 ``source`` may be a directory holding ``model.safetensors`` (and ``config.json``), a
 ``.safetensors`` file, or a hub name. A hub name is resolved through ``huggingface_hub``
-when it is installed: first from the local cache, then (unless ``HF_HUB_OFFLINE=1``) by
-downloading. Whenever that is impossible :class:`dlmbench.errors.HubUnavailableError` is
-raised at once, saying how to pass a local path instead.
+when it is installed: first from the local cache, then, unless the hub is switched off
+(:func:`dlmbench.environment.hub_offline`), by downloading. When that fails,
+:class:`dlmbench.errors.HubUnavailableError` says why (the library's own error) and how
+to pass a local path instead.
+
+Both released models share the data layout of GPT-2 (:func:`gpt2_spec`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dlmbench.data import DataSpec
+from dlmbench.environment import hub_offline
 from dlmbench.errors import CheckpointError, HubUnavailableError
 
 PREFIX = "backbone."
@@ -30,19 +35,16 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 #: Buffers we can recompute, so a checkpoint may leave them out.
 OPTIONAL_KEYS = ("rotary_emb.inv_freq",)
-_TRUE = ("1", "true", "yes", "on")
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def gpt2_spec(seq_len: int = 1024, vocab_size: int = 50258, prefix_len: int = 0) -> DataSpec:
+    """The released models' data layout: GPT-2 ids, ``<|endoftext|>`` = 50256 as BOS and
+    EOS, and one id appended at 50257 (K = 50258), which MDLM uses as ``[MASK]`` and Duo
+    as ``[PAD]``, a real class of its uniform noise and prior (``dataloader.py`` of
+    ``kuleshov-group/mdlm@c112c52`` and ``s-sahoo/duo@7c9b498``). The spec's ``mask_id``
+    is 50257 for both: it must lie in the vocabulary, and Duo never uses it."""
+    return DataSpec(vocab_size=vocab_size, seq_len=seq_len, pad_id=50257, bos_id=50256,
+                    eos_id=50256, mask_id=50257, prefix_len=prefix_len)
 
 
 def _hub_error(name: str, why: str) -> HubUnavailableError:
@@ -85,10 +87,9 @@ def _from_hub(name: str) -> tuple[Path, dict[str, Any] | None]:
             return Path(local) / WEIGHTS_NAME, _read_config(Path(local) / CONFIG_NAME)
     except Exception:  # noqa: BLE001 - not cached (the exception type varies by version)
         pass
-    if _offline():
-        raise _hub_error(name, "HF_HUB_OFFLINE is set and it is not in the local cache")
-    if not _hub_reachable():
-        raise _hub_error(name, "huggingface.co is unreachable (no network)")
+    if hub_offline():
+        raise _hub_error(name, "offline mode is on (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE or "
+                               "HF_DATASETS_OFFLINE) and it is not in the local cache")
     try:
         local = huggingface_hub.snapshot_download(name, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - network, auth or missing-repo errors
@@ -182,10 +183,3 @@ def load_dit_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         for key, value in mapped.items():
             own[key].copy_(value.to(own[key].dtype))
-
-
-def load_dit_weights(network: torch.nn.Module, source: str | os.PathLike) -> dict[str, Any] | None:
-    """Load ``source`` (path or hub name) into ``network``; returns its config.json."""
-    weights, config = resolve_checkpoint(source)
-    load_dit_state(network, read_state_dict(weights))
-    return config

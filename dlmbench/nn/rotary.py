@@ -1,7 +1,9 @@
 """Rotary position embedding, GPT-NeoX "rotate-half" form (non-interleaved).
 
-Both the MDLM/Duo DiT (mdlm_duo.md section 1) and ELF (elf.md section 3) use the
-non-interleaved form with base 10000; this module is the single implementation.
+The MDLM/Duo DiT rotates this way with base 10000 (``models/dit.py`` of
+``kuleshov-group/mdlm@c112c52`` and ``s-sahoo/duo@7c9b498``), and so does ELF's denoiser,
+whose reference rotates interleaved pairs instead (a fixed permutation of each head's
+channels; see :mod:`dlmbench_elf.denoiser`). This module is the single implementation.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ points, exactly as ``dlmbench run`` finds it. The checks run on a small random c
 (no task needed): registration, config round-trip and strictness, a finite loss that
 backpropagates, the likelihood bound's shape, every registered sampler's output shape,
 id range, prefix handling, step budget and NFE accounting, seeded determinism and a
-save/load round-trip.
+save/load round-trip. Every check runs on one intra-op thread (the ``one_thread``
+fixture of :mod:`dlmbench.testing.pytest_plugin`): the models are tiny.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def random_tokens(spec: DataSpec, rows: int, seed: int = 0) -> torch.Tensor:
     return tokens
 
 
+@pytest.mark.usefixtures("one_thread")
 class ModelConformance:
     """Subclass and set ``model_name``; optionally ``preset``, ``options``, ``steps``."""
 

@@ -1,7 +1,10 @@
-"""pytest plugin shipped with dlmbench: ``slow`` and ``gpu`` markers, opt-in flags.
+"""pytest plugin shipped with dlmbench: ``slow`` and ``gpu`` markers, opt-in flags, and
+the ``one_thread`` fixture.
 
 ``@pytest.mark.slow`` tests run only with ``--run-slow``; ``@pytest.mark.gpu`` tests
-run only with ``--run-gpu`` and skip with a reason when CUDA is absent.
+run only with ``--run-gpu`` and skip with a reason when CUDA is absent. A module opts into
+one intra-op thread with ``pytestmark = pytest.mark.usefixtures("one_thread")`` (the
+conformance kit does so for every check).
 """
 
 from __future__ import annotations
@@ -34,3 +37,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="gpu: run with --run-gpu on a CUDA machine"))
             elif not cuda:
                 item.add_marker(pytest.mark.skip(reason="gpu: CUDA is not available"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op torch thread, then restore the previous count.
+
+    Tests run tiny tensors, which gain nothing from more threads; on a loaded machine
+    (a 2-core CI box shared with other jobs) the threads of one process mostly wait on
+    each other and make such tests 10-100x slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,4 +1,4 @@
-"""Duo for dlmbench (Sahoo et al., ICML 2025; mdlm_duo.md section 3).
+"""Duo for dlmbench ("The Diffusion Duality", Sahoo et al., ICML 2025, arXiv 2506.10892).
 
 Registers the model ``duo`` and its samplers ``ancestral`` (default) and ``greedy_tail``.
 :func:`load_official` loads the released ``s-sahoo/duo`` / ``s-sahoo/duo-distilled`` weights.

@@ -1,4 +1,4 @@
-"""The Gaussian-to-discrete duality transform ``alpha = T(alpha_tilde)`` (mdlm_duo.md section 3).
+"""The Gaussian-to-discrete duality transform ``alpha = T(alpha_tilde)`` (Duo paper, Sec. 3).
 
 For a Gaussian latent ``w = alpha_tilde e_x + sqrt(1 - alpha_tilde^2) eps`` over ``K``
 classes, ``argmax(w)`` is exactly uniform-state distributed with
@@ -6,15 +6,16 @@ classes, ``argmax(w)`` is exactly uniform-state distributed with
     T(alpha_tilde) = K / (K - 1) * [ integral phi(z - mu) Phi(z)^(K-1) dz - 1/K ],
     mu = alpha_tilde / sqrt(1 - alpha_tilde^2).
 
-The code parameterises by the log-inverse-SNR ``gamma`` with ``alpha_tilde^2 =
-sigmoid(-gamma)``, hence ``mu = exp(-gamma / 2)``, and pre-tabulates the integral
-(``integral/gpt2.pkl``: 100k points of gamma in [-5, -1], computed for K = 50257). We
-tabulate it ourselves, for the vocabulary size actually in use, in float64: the integral
-is a trapezoid rule on a ``z`` grid of step 0.02 (spectrally accurate for this smooth,
-rapidly decaying integrand: it agrees with step 0.001 to 1e-15), ``Phi^(K-1)`` is
-``exp((K-1) log_ndtr(z))``, and values between table points (4001 over [-5, -1]) are
-linearly interpolated. ``dalpha/dt`` is a forward difference of step 1e-3 in gamma
-times ``(gamma_max - gamma_min)``, as in ``DUO._gamma_to_alpha_dalpha_cached``.
+The code (``s-sahoo/duo@7c9b498 algo.py``) parameterises by the log-inverse-SNR ``gamma``
+with ``alpha_tilde^2 = sigmoid(-gamma)``, hence ``mu = exp(-gamma / 2)``, and pre-tabulates
+the integral (``integral/gpt2.pkl``: 100k points of gamma in [-5, -1], computed for
+K = 50257). We tabulate it ourselves, for the vocabulary size actually in use, in
+float64: the integral is a trapezoid rule on a ``z`` grid of step 0.02 (spectrally
+accurate for this smooth, rapidly decaying integrand: it agrees with step 0.001 to
+1e-15), ``Phi^(K-1)`` is ``exp((K-1) log_ndtr(z))``, and values between table points
+(4001 over [-5, -1]) are linearly interpolated. ``dalpha/dt`` is a forward difference of
+step 1e-3 in gamma times ``(gamma_max - gamma_min)``, as in
+``DUO._gamma_to_alpha_dalpha_cached``.
 """
 
 from __future__ import annotations

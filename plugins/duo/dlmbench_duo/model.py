@@ -1,12 +1,15 @@
-"""Duo: uniform-state diffusion with the Rao-Blackwellised NELBO (mdlm_duo.md section 3).
+"""Duo: uniform-state diffusion with the Rao-Blackwellised NELBO (Sahoo et al., ICML 2025,
+arXiv 2506.10892).
 
-Follows ``s-sahoo/duo`` (``algo.py``: ``DUO_BASE``, ``DUO``; ``trainer_base.py``):
+Follows ``s-sahoo/duo@7c9b498`` (``algo.py``: ``DUO_BASE``, ``DUO``; ``trainer_base.py``):
 
-* **Forward process**: ``q(z_t | x) = Cat(alpha_t x + (1 - alpha_t) / K)``: each token is
-  kept with probability ``alpha_t``, else resampled uniformly over *all* K ids (the code's
-  ``q_xt``; the prior is uniform over K). Log-linear ``alpha_t = 1 - (1 - 1e-3) t``.
+* **Forward process** (paper Sec. 2.1): ``q(z_t | x) = Cat(alpha_t x + (1 - alpha_t) / K)``:
+  each token is kept with probability ``alpha_t``, else resampled uniformly over *all* K
+  ids (the code's ``q_xt``; the prior is uniform over K). Log-linear
+  ``alpha_t = 1 - (1 - 1e-3) t`` (:class:`dlmbench.schedule.LogLinearSchedule`), ``t`` drawn
+  with the code's antithetic stratification (:class:`dlmbench.schedule.StratifiedUniform`).
 * **Parameterisation**: plain softmax over K (the "mean" parameterisation, no SUBS).
-* **Time conditioning**: on, ``sigma = -log alpha_t``.
+* **Time conditioning**: on, ``sigma = -log alpha_t`` (``_sigma_from_alphat``).
 * **NELBO** (:func:`rb_nelbo_per_token`, paper Eq. 17 / ``DUO_BASE.nll_per_token``): with
   ``xbar = K alpha_t x + (1 - alpha_t)``, ``xbar_theta`` likewise with ``x_theta``, ``i``
   the index of ``z_t``, ``m`` that of ``x`` and ``kappa = (1 - alpha_t) / (K alpha_t + 1 -
@@ -19,7 +22,7 @@ Follows ``s-sahoo/duo`` (``algo.py``: ``DUO_BASE``, ``DUO``; ``trainer_base.py``
   closed form. Loss = sum over scored positions / their number (as the code's token
   average); :meth:`Duo.nelbo` = per-sequence sum, one ``t`` per sequence. No prior term
   (``alpha_1 = 1e-3``), as in the code.
-* **Curriculum** (the ICML "simple" mode, ``DUO.nll``), for the first
+* **Curriculum** (paper Sec. 3 and 5.1; the code's "simple" mode, ``DUO.nll``), for the first
   ``curriculum_steps`` (or ``curriculum_fraction`` of the ``fit`` steps) training steps:
   ``gamma_t = gamma_min + t (gamma_max - gamma_min)`` with the code's window
   ``[-3.55, -1.85]`` (the paper's stated ``[beta, gamma] = [0.03, 0.15]`` maps elsewhere;
@@ -30,7 +33,8 @@ Follows ``s-sahoo/duo`` (``algo.py``: ``DUO_BASE``, ``DUO``; ``trainer_base.py``
   :meth:`Duo.nelbo` and in eval mode) the exact discrete loss is used (``algo=duo_base``).
 
 Conditional tasks: the prefix is kept clean (also in the soft input) and excluded from
-the loss; only target positions are noised and scored.
+the loss; only target positions are noised and scored
+(:func:`dlmbench.prefix.target_positions`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from pydantic import Field, model_validator
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
 from dlmbench.model import Model
-from dlmbench.nn.dit import DiT
 from dlmbench.nn.dit_config import DiTModelConfig
+from dlmbench.prefix import target_positions
+from dlmbench.schedule import LogLinearSchedule, StratifiedUniform
 
 from dlmbench_duo.duality import alpha_tilde, duality_table
 
@@ -55,12 +60,12 @@ class DuoConfig(DiTModelConfig):
     ``curriculum_fraction=0.5``.
     """
 
-    # diffusion (section 3)
+    # diffusion
     noise_eps: float = Field(1e-3, ge=0.0, lt=1.0)
     sampling_eps: float = Field(1e-3, gt=0.0, lt=1.0)
     antithetic_sampling: bool = True
     time_conditioning: bool = True
-    # Gaussian-guided curriculum (section 3, "Curriculum")
+    # Gaussian-guided curriculum
     curriculum_steps: int = Field(0, ge=0, description="training steps with the curriculum loss")
     curriculum_fraction: float = Field(0.0, ge=0.0, le=1.0, description="same, as a fraction of fit's steps")
     curriculum_tau: float = Field(1e-3, gt=0.0)
@@ -74,18 +79,6 @@ class DuoConfig(DiTModelConfig):
         if not self.gamma_min < self.gamma_max:
             raise ValueError(f"gamma_min={self.gamma_min} must be below gamma_max={self.gamma_max}")
         return self
-
-
-def loglinear_alpha(t: torch.Tensor, eps: float) -> torch.Tensor:
-    return 1 - (1 - eps) * t
-
-
-def sample_times(n: int, device: torch.device, eps: float, antithetic: bool) -> torch.Tensor:
-    """``t ~ U[eps, 1]`` stratified over the batch (the code's ``_sample_t``)."""
-    u = torch.rand(n, device=device)
-    if antithetic:
-        u = (u / n + torch.arange(n, device=device) / n) % 1
-    return (1 - eps) * u + eps
 
 
 def rb_nelbo_per_token(log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor,
@@ -147,17 +140,9 @@ class Duo(Model):
         super().__init__(config, spec)
         if spec.vocab_size < 2:
             raise ConfigError("duo needs a vocabulary of at least 2 tokens")
-        self.backbone = DiT(
-            spec.vocab_size,
-            hidden_size=config.hidden_size,
-            n_blocks=config.n_blocks,
-            n_heads=config.n_heads,
-            cond_dim=config.cond_dim,
-            mlp_ratio=config.mlp_ratio,
-            dropout=config.dropout,
-            attention_backend=config.attention_backend,
-            bf16=config.bf16,
-        )
+        self.backbone = config.build_dit(spec.vocab_size)
+        self.schedule = LogLinearSchedule(config.noise_eps)
+        self.time_dist = StratifiedUniform(config.sampling_eps, config.antithetic_sampling)
         # optimiser steps taken with this model (drives the curriculum; saved with it)
         self.register_buffer("steps_trained", torch.zeros((), dtype=torch.long))
         self._fit_steps: int | None = None
@@ -166,10 +151,7 @@ class Duo(Model):
     def network(self) -> torch.nn.Module:
         return self.backbone
 
-    # -- schedule ---------------------------------------------------------------------
-    def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return loglinear_alpha(t, self.config.noise_eps)
-
+    # -- conditioning -----------------------------------------------------------------
     def conditioning_from_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         if not self.config.time_conditioning:
             return torch.zeros_like(alpha, dtype=torch.float32)
@@ -177,7 +159,7 @@ class Duo(Model):
 
     def conditioning(self, t: torch.Tensor) -> torch.Tensor:
         """The network's ``sigma = -log alpha_t`` (zeros without time conditioning)."""
-        return self.conditioning_from_alpha(self.alpha(t))
+        return self.conditioning_from_alpha(self.schedule(t).alpha_t)
 
     def log_probs(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log x_theta(z_t, t)``, ``(B, L, K)`` fp32."""
@@ -207,21 +189,13 @@ class Duo(Model):
         return int(self.steps_trained) < self.curriculum_length()
 
     # -- objective --------------------------------------------------------------------
-    def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = batch.tokens
-        target = torch.arange(tokens.shape[1], device=tokens.device) >= self.spec.prefix_len
-        noised = target.unsqueeze(0).expand_as(tokens)
-        scored = noised if batch.loss_mask is None else noised & batch.loss_mask.to(torch.bool)
-        return noised, scored
-
     def _exact_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = batch.tokens
         B, L = x0.shape
-        cfg, K = self.config, self.spec.vocab_size
-        noised, scored = self._positions(batch)
-        t = sample_times(B, x0.device, cfg.sampling_eps, cfg.antithetic_sampling)
-        alpha = self.alpha(t)
-        dalpha = torch.full_like(t, -(1 - cfg.noise_eps))
+        K = self.spec.vocab_size
+        noised, scored = target_positions(self.spec, batch)
+        at = self.schedule(self.time_dist.sample(B, x0.device))
+        alpha, dalpha = at.alpha_t, at.d_alpha_t
         move = (torch.rand(B, L, device=x0.device) < (1 - alpha)[:, None]) & noised
         xt = torch.where(move, torch.randint(0, K, (B, L), device=x0.device), x0)
         log_x_theta = torch.log_softmax(self.network(xt, self.conditioning_from_alpha(alpha)), dim=-1)
@@ -232,8 +206,8 @@ class Duo(Model):
         x0 = batch.tokens
         B, L = x0.shape
         cfg, K = self.config, self.spec.vocab_size
-        noised, scored = self._positions(batch)
-        t = sample_times(B, x0.device, cfg.sampling_eps, cfg.antithetic_sampling)
+        noised, scored = target_positions(self.spec, batch)
+        t = self.time_dist.sample(B, x0.device)
         span = cfg.gamma_max - cfg.gamma_min
         gamma = (cfg.gamma_min + t.double() * span)
         table = duality_table(K, min(-5.0, cfg.gamma_min), max(-1.0, cfg.gamma_max + 0.01))

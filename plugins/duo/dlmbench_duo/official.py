@@ -1,11 +1,13 @@
-"""Loading the released Duo weights (``s-sahoo/duo``, ``s-sahoo/duo-distilled``; section 5).
+"""Loading the released Duo weights (the Hugging Face repositories ``s-sahoo/duo``,
+``s-sahoo/duo-distilled``).
 
 The Hugging Face checkpoints hold a fp32 ``model.safetensors`` with ``backbone.*`` keys
 (the same layout as MDLM-OWT) and a ``config.json`` (``DUOConfig``: ``vocab_size=50258``,
 ``model_length``, ``hidden_dim``, ``cond_dim``, ``n_blocks``, ``n_heads``, ``dropout``,
 ``var_min``, ``causal``). We build our :class:`Duo` from it (time-conditioned, sigma =
 -log alpha_t) and copy the weights by name; the remote code is never used. Id 50257 is
-``[PAD]``, a real class of the uniform noise and the prior (section 1).
+``[PAD]``, a real class of the uniform noise and the prior
+(:func:`dlmbench.nn.dit_weights.gpt2_spec`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import os
 
 from dlmbench.data import DataSpec
 from dlmbench.errors import CheckpointError
-from dlmbench.nn.dit_weights import dit_kwargs_from_config, load_dit_state, read_state_dict, resolve_checkpoint
+from dlmbench.nn.dit_weights import (
+    dit_kwargs_from_config,
+    gpt2_spec,
+    load_dit_state,
+    read_state_dict,
+    resolve_checkpoint,
+)
 
 from dlmbench_duo.model import Duo, DuoConfig
 
 HUB_NAME = "s-sahoo/duo"
 DISTILLED_HUB_NAME = "s-sahoo/duo-distilled"
-
-
-def gpt2_spec(seq_len: int = 1024, vocab_size: int = 50258, prefix_len: int = 0) -> DataSpec:
-    """GPT-2 ids, ``<|endoftext|>`` = 50256 as BOS/EOS, id 50257 as ``[PAD]`` (the spec's
-    ``mask_id`` must lie in the vocabulary; Duo never uses it)."""
-    return DataSpec(vocab_size=vocab_size, seq_len=seq_len, pad_id=50257, bos_id=50256,
-                    eos_id=50256, mask_id=50257, prefix_len=prefix_len)
 
 
 def load_official(source: str | os.PathLike = HUB_NAME, *, spec: DataSpec | None = None, **overrides) -> Duo:

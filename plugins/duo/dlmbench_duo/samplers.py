@@ -1,10 +1,12 @@
-"""Duo samplers (mdlm_duo.md section 3, "Samplers"): ``ancestral`` and ``greedy_tail``.
+"""Duo samplers: ``ancestral`` and ``greedy_tail`` (``s-sahoo/duo@7c9b498 trainer_base.py``,
+``generate_samples``).
 
-Both start from the uniform prior over all K ids and walk the grid
+Both start from the uniform prior over all K ids, with the request's prefix written over
+the first positions (:func:`dlmbench.prefix.initial_ids`), and walk the grid
 ``t_i = linspace(1, final_t, steps + 1)`` (``final_t = 1e-5``); each step draws every
-target position from the exact posterior ``q(z_s | z_t, x = x_theta(z_t, t))`` in
-float64 (``_ancestral_update`` with ``_compute_posterior``). Then one more network call
-at ``t = final_t`` (``sampling.noise_removal``):
+target position from the exact posterior ``q(z_s | z_t, x = x_theta(z_t, t))`` (paper
+Eq. 4) in float64 (``_ancestral_update`` with ``algo.py``'s ``_posterior_from_x0``). Then
+one more network call at ``t = final_t`` (``sampling.noise_removal``):
 
 * ``ancestral``: one more posterior draw with ``alpha_s = 1`` (the Bayes posterior of
   ``x`` given ``z_t`` under ``x_theta``; the code's ``noise_removal=ancestral``);
@@ -17,7 +19,6 @@ every position may change at every step. Draws use
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar
 
 import torch
@@ -25,17 +26,11 @@ from pydantic import Field
 
 from dlmbench.categorical import sample_categorical
 from dlmbench.data import DataSpec, SampleRequest
-from dlmbench.errors import ConfigError
 from dlmbench.model import Model
-from dlmbench.sampler import Sampler, SamplerConfig
+from dlmbench.prefix import initial_ids
+from dlmbench.sampler import Sampler, SamplerConfig, model_device
 
 from dlmbench_duo.model import uniform_posterior
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class DuoSamplerConfig(SamplerConfig):
@@ -61,14 +56,9 @@ class _DuoSampler(Sampler):
         spec, gen = model.spec, request.generator
         n, L, P, K = request.num_samples, spec.seq_len, spec.prefix_len, spec.vocab_size
         device = model_device(model)
-        x = torch.randint(0, K, (n, L), generator=gen, device=device)
-        if P > 0:
-            if request.prefix is None or tuple(request.prefix.shape) != (n, P):
-                got = None if request.prefix is None else tuple(request.prefix.shape)
-                raise ConfigError(f"conditional task: request.prefix must be ({n}, {P}), got {got}")
-            x[:, :P] = request.prefix.to(device=device, dtype=torch.long)
+        x = initial_ids(spec, request, torch.randint(0, K, (n, L), generator=gen, device=device), device)
         grid = torch.linspace(1.0, self.config.final_t, request.steps + 1, dtype=torch.float64)
-        alphas = model.alpha(grid)  # float64
+        alphas = model.schedule(grid).alpha_t  # float64
         for i in range(request.steps):
             probs = self._x_theta(model, x, float(grid[i]))
             q = uniform_posterior(probs[:, P:], x[:, P:], float(alphas[i]), float(alphas[i + 1]))

@@ -1,4 +1,4 @@
-"""Duo's Gaussian-guided curriculum (mdlm_duo.md section 3, "Curriculum")."""
+"""Duo's Gaussian-guided curriculum (Duo paper Sec. 3 and 5.1; ``s-sahoo/duo@7c9b498 algo.py``, ``DUO.nll``)."""
 
 from __future__ import annotations
 

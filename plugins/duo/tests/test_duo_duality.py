@@ -1,4 +1,4 @@
-"""The duality transform alpha = T(alpha_tilde), tabulated by the plugin (mdlm_duo.md section 3)."""
+"""The duality transform alpha = T(alpha_tilde) (Duo paper Sec. 3), tabulated by the plugin."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def test_matches_the_argmax_of_gaussian_latents(K):
 
 
 def test_reference_window_for_gpt2_vocabulary():
-    """mdlm_duo.md: gamma in [-3.55, -1.85] maps to alpha_t in [0.049, 0.946] for K = 50258."""
+    """The code's window gamma in [-3.55, -1.85] maps to alpha_t in [0.049, 0.946] for K = 50258
+    (chosen to give [0.05, 0.95]: s-sahoo/duo issue #13)."""
     table = duality_table(50258)
     lo_hi = table.alpha(torch.tensor([-1.85, -3.55], dtype=torch.float64))
     assert abs(float(lo_hi[0]) - 0.049) < 1e-3

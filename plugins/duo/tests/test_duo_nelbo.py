@@ -1,4 +1,4 @@
-"""Duo's Rao-Blackwellised NELBO (mdlm_duo.md section 3, Eq. 17).
+"""Duo's Rao-Blackwellised NELBO (Duo paper Eq. 17).
 
 Checked against the plain uniform-state bound: the sum over a fine time grid of
 ``E_{z_t} KL(q(z_s | z_t, x) || p_theta(z_s | z_t))`` (enumerated exactly on a 3-token
@@ -22,13 +22,7 @@ W = torch.randn(K, K, generator=G, dtype=torch.float64)
 V = torch.randn(K, K, generator=G, dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def x_theta(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

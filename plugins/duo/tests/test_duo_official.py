@@ -1,5 +1,5 @@
-"""Loading released Duo weights (``s-sahoo/duo``, ``s-sahoo/duo-distilled``; mdlm_duo.md
-section 5) by key mapping, from a checkpoint written in the published layout."""
+"""Loading released Duo weights (``s-sahoo/duo``, ``s-sahoo/duo-distilled``) by key
+mapping, from a checkpoint written in the published layout."""
 
 from __future__ import annotations
 

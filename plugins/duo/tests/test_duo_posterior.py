@@ -1,4 +1,4 @@
-"""Duo's exact uniform-state posterior (mdlm_duo.md section 3, Eq. 4) against brute-force Bayes."""
+"""Duo's exact uniform-state posterior (Duo paper Eq. 4) against brute-force Bayes."""
 
 from __future__ import annotations
 

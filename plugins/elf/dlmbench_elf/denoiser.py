@@ -1,7 +1,8 @@
 """The ELF denoiser: a pre-norm transformer with in-context condition tokens.
 
-Implements elf.md section 3 (paper App. D.1; code ``modules/model.py``, ``layers.py`` and
-the PyTorch port ``torch_elf/{model,layers}.py``), read top-down like nanoGPT:
+Implements the ELF network (paper App. D.1, in-context conditioning App. B.1 and C.4;
+``lillian039/ELF@b29d883 src/modules/model.py`` and ``src/modules/layers.py``), read
+top-down like nanoGPT:
 
     [z_t ; x_sc] (B, L, 2D) -> Linear -> D -> Linear(D -> 128, no bias) -> Linear(128 -> H)
     prefix = [4 time tokens | 4 SC-CFG-scale tokens | 4 mode tokens]      (B, 12, H)
@@ -14,14 +15,15 @@ embedding of the *raw* t in [0, 1] or w; mode tokens are learned vectors times a
 (all zeros in denoise mode). Prefix tokens get no rotary rotation; the sequence is
 rotated from position 0. There is no adaLN and no attention mask (pads included).
 
-Init (elf.md section 3): xavier-uniform weights and zero biases for dense layers,
+Init (``src/modules/layers.py``): xavier-uniform weights and zero biases for dense layers,
 N(0, 0.02) for the condition tokens and time/scale MLPs, zeros for the x head.
 
 Differences from the official code, named here:
-- RoPE uses ``dlmbench.nn.rotary`` (GPT-NeoX rotate-half), the PyTorch port rotates
-  interleaved pairs. The two differ by a fixed permutation of each head's q/k channels,
-  so they are the same function class when trained from scratch; loading a released
-  checkpoint would permute the q/k rows of ``qkv`` and the qk-norm weights.
+- RoPE uses ``dlmbench.nn.rotary`` (GPT-NeoX rotate-half); the reference's
+  ``TextRotaryEmbeddingFast`` rotates interleaved pairs. The two differ by a fixed
+  permutation of each head's q/k channels, so they are the same function class when
+  trained from scratch; loading a released checkpoint would permute the q/k rows of
+  ``qkv`` and the qk-norm weights.
 - Softmax precision: the ``math`` backend computes it in fp32 explicitly; ``sdpa`` and
   ``xformers`` accumulate it in fp32 inside their kernels.
 """

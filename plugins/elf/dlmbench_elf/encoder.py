@@ -1,9 +1,12 @@
-"""Tokens -> continuous latents: the T5 encoder side of ELF (elf.md sections 1 and 7).
+"""Tokens -> continuous latents: the T5 encoder side of ELF.
 
 The reference latents are the final-RMSNorm hidden states of the frozen original
-T5-small encoder, normalised by a scalar: ``x = (Enc(s) - 0) / 0.2``. This module
-provides that and the embedding ablations of elf.md section 7 behind one switch
-(``config.encoder``):
+T5-small encoder, normalised by a scalar: ``x = (Enc(s) - 0) / 0.2``
+(``lillian039/ELF@b29d883 src/modules/t5_encoder.py``; ``latent_std: 0.2`` in every
+``src/configs/training_configs/*.yml``). This module provides that and the embedding
+ablations of the paper (Sec. 4.1: pretrained contextual T5 best, then a contextual T5
+trained from scratch, frozen T5 token embeddings, a frozen Gaussian table, a learned
+table) behind one switch (``config.encoder``):
 
 ``frozen``            pretrained T5 (``encoder_name``: ``t5-small`` or a local path), frozen.
 ``joint``             a T5 (pretrained if named, else random init) trained with the flow.
@@ -22,11 +25,12 @@ provides that and the embedding ablations of elf.md section 7 behind one switch
                       what "renormalise the unembedding each step" computes for the
                       forward pass).
 
-Masks (elf.md section 1, code ``train_step``): on conditional tasks source queries attend
-only to source keys (so the source latents never see the target and can be recomputed
-from the source alone at sampling time); target queries see every valid key; for
-label-dropped rows target queries do not see the source either. Pads (``spec.pad_id``)
-are masked as keys, as in the reference's ``pad_token == "pad"`` configs.
+Masks (``build_self_attn_cond_masks`` in ``src/utils/encoder_utils.py``, and
+``src/train_step.py``): on conditional tasks source queries attend only to source keys
+(so the source latents never see the target and can be recomputed from the source alone
+at sampling time); target queries see every valid key; for label-dropped rows target
+queries do not see the source either. Pads (``spec.pad_id``) are masked as keys, as in
+the reference's ``pad_token == "pad"`` configs.
 
 Normaliser. The 0.2 of the reference is the measured std of *pretrained* T5-small
 latents. A randomly initialised T5 ends in an RMSNorm with unit weight, so its latents
@@ -43,52 +47,48 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlmbench.data import DataSpec
+from dlmbench.environment import hub_offline
 from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.pretrain import pretrain_encoder
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dlmbench_elf.model import ELFConfig
 
 ENCODER_MODES = ("frozen", "joint", "scratch", "random", "token-embeddings", "learned")
 FROZEN_MODES = ("frozen", "scratch", "random", "token-embeddings")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def load_pretrained_t5(name: str, pretrained_weights: bool = True):
     """``T5EncoderModel`` (or only its config) from a hub name or local directory.
 
-    Never passes ``trust_remote_code``. With ``HF_HUB_OFFLINE`` set it looks only at local
-    files, so a missing model fails at once with :class:`HubUnavailableError`.
+    Never passes ``trust_remote_code``. Offline (:func:`dlmbench.environment.hub_offline`)
+    it looks only at local files, so a missing model fails at once with
+    :class:`HubUnavailableError`.
     """
     from transformers import T5Config, T5EncoderModel
 
     local = os.path.isdir(os.path.expanduser(name))
     path = os.path.expanduser(name) if local else name
+    offline = hub_offline()
     try:
         if pretrained_weights:
             model = T5EncoderModel.from_pretrained(
-                path, dropout_rate=0.0, local_files_only=local or _offline()
+                path, dropout_rate=0.0, local_files_only=local or offline
             )
             config = model.config
         else:
             model = None
-            config = T5Config.from_pretrained(path, local_files_only=local or _offline())
+            config = T5Config.from_pretrained(path, local_files_only=local or offline)
     except (OSError, ValueError) as err:
         if local:
             raise ConfigError(f"ELF encoder_name={name!r} is a directory but holds no loadable T5: {err}") from err
         raise HubUnavailableError(
             f"ELF encoder_name={name!r} is not a local directory and could not be fetched from the "
-            f"Hugging Face Hub (offline={_offline()}). Download it once and pass its directory as "
+            f"Hugging Face Hub (offline={offline}). Download it once and pass its directory as "
             f"encoder_name, or use encoder='random' for a T5 built from the config."
         ) from err
     if getattr(config, "model_type", None) != "t5":
@@ -96,7 +96,7 @@ def load_pretrained_t5(name: str, pretrained_weights: bool = True):
     return model, config
 
 
-def tiny_t5_config(config: "ELFConfig", vocab_size: int):
+def tiny_t5_config(config: ELFConfig, vocab_size: int):
     """A T5 encoder config from the ELF config fields (original-T5 ReLU FFN, no dropout)."""
     from transformers import T5Config
 
@@ -119,7 +119,7 @@ def tiny_t5_config(config: "ELFConfig", vocab_size: int):
 class LatentEncoder(nn.Module):
     """``tokens (B, L) -> latents (B, L, D)``, already normalised: ``(Enc - mean) / scale``."""
 
-    def __init__(self, config: "ELFConfig", spec: DataSpec):
+    def __init__(self, config: ELFConfig, spec: DataSpec):
         super().__init__()
         from transformers import T5EncoderModel
 

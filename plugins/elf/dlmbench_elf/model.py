@@ -1,16 +1,18 @@
 """ELF: Embedded Language Flows (Hu et al., arXiv 2605.10938) as a dlmbench model.
 
 A flow in the continuous latent space of a (frozen) T5 encoder, trained with one loss that
-mixes two branches in every batch (elf.md section 4):
+mixes two branches in every batch (paper Sec. 3, App. B.1, C.3; ``lillian039/ELF@b29d883
+src/train_step.py``):
 
 * **denoise** (80% of rows): x-prediction on the linear path z_t = t x + (1-t) 2 eps,
   t ~ logit-normal(-1.5, 0.8) per sequence, velocity-space MSE with (1-t) clamped at 0.05,
   self-conditioning with probability 0.5 and *training-time CFG on the self-conditioning
-  signal*: ``v_tgt = v + m (1 - 1/w) (v_c - v_u)`` with (1+w) ~ LogUniform[1.5, 6];
+  signal*: ``v_tgt = v + m (1 - 1/w) (v_c - v_u)`` with (1+w) ~ LogUniform[1.5, 6]
+  (Alg. 3, Eq. 3);
 * **decode** (20% of rows): every token corrupted to its own level
   p ~ logit-normal(0.8, 0.8), ``z = p x + (1-p) s_d eps`` (s_d = 5 unconditional, 1
   conditional), fed at t = 1 in decode mode with a zero self-conditioning channel; CE
-  against the tokens through a separate decode head.
+  against the tokens through a separate decode head (Alg. 4).
 
 Conditional tasks keep the source prefix clean (its latents in both z and the
 self-conditioning channel), take the loss on the target only, and drop the source for 10%
@@ -18,12 +20,13 @@ of rows (input CFG): the source latents are zeroed in x and z and the T5 target 
 stop attending to it.
 
 Where paper and code differ this follows the code (it produced the checkpoints):
-- the decode branch corrupts the source positions too (code ``train_step``: no
+- the decode branch corrupts the source positions too (``train_step``: no
   ``restore_cond`` on ``decoder_z``), and its self-conditioning channel is all zeros;
 - the branch is drawn per example in one forward pass with the losses masked by row (the
-  PyTorch port; the JAX code draws it per device, which mixes branches across the global
-  batch the same way in expectation). The loss is the masked token mean over the batch,
-  so in expectation it is 0.8 x MSE + 0.2 x CE, as the JAX per-device mean;
+  PyTorch port at ``b29d883``; the JAX code of ``lillian039/ELF@5098bf2`` draws it per
+  device, which mixes branches across the global batch the same way in expectation). The
+  loss is the masked token mean over the batch, so in expectation it is
+  0.8 x MSE + 0.2 x CE, as the JAX per-device mean;
 - the regression target uses the same (1-t) clamp as the prediction;
 - the two no-grad self-conditioning passes (zero channel -> x_u, v_u; channel x_u -> v_c)
   are run only on the rows that use them (m = 1 and denoise), which computes exactly the
@@ -41,130 +44,19 @@ embed a conditional task's source).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.model import Model, ModelConfig
+from dlmbench.prefix import target_positions
+from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.denoiser import Denoiser
 from dlmbench_elf.encoder import LatentEncoder
 from dlmbench_elf.path import FlowPath, LogitNormal, LogUniformScale, sc_cfg_target
-
-_PAPER = {  # shared by the paper-scale presets (elf.md sections 1, 3, 4)
-    "encoder": "frozen",
-    "encoder_name": "t5-small",
-    "latent_scale": 0.2,
-    "bottleneck_dim": 128,
-    "warmup_steps": 9_500,  # 0.5 epoch on OWT; the conditional tasks used 5k
-}
-
-
-class ELFConfig(ModelConfig):
-    """Every ELF knob. Class defaults are the reference recipe (ELF-B on OWT with AdamW,
-    the optimiser ablation of paper C.5); ``tiny`` is the CPU-sized embedded default."""
-
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # like the MDLM/Duo/AR tiny presets (2 x 128, 4 heads, lr 1e-3, 100 warmup steps);
-        # a 2-layer 64-d T5 over the task's vocabulary pretrained from scratch on the
-        # training split (the reference's encoder is pretrained), latent scale estimated
-        "tiny": {
-            "depth": 2,
-            "hidden": 128,
-            "heads": 4,
-            "bottleneck_dim": 64,
-            "encoder": "scratch",
-            "encoder_name": None,
-            "encoder_d_model": 64,
-            "encoder_layers": 2,
-            "encoder_heads": 4,
-            "encoder_d_ff": 256,
-            "latent_scale": None,
-            "lr": 1e-3,
-            "warmup_steps": 100,
-        },
-        "B": {**_PAPER, "depth": 12, "hidden": 768, "heads": 12},
-        "M": {**_PAPER, "depth": 24, "hidden": 1056, "heads": 16},
-        "L": {**_PAPER, "depth": 32, "hidden": 1280, "heads": 16},
-    }
-
-    # optimiser (core fields; reference: Muon 2e-3, or AdamW 1e-4 (0.9, 0.95), clip 1, EMA .9999)
-    optimizer: str = "adamw"
-    lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
-
-    # denoiser (elf.md section 3); defaults are ELF-B
-    depth: int = Field(12, ge=1, le=128)
-    hidden: int = Field(768, ge=8, le=16384)
-    heads: int = Field(12, ge=1, le=256)
-    mlp_hidden: int | None = Field(None, ge=1)  # None: floor(8 * hidden / 3)
-    bottleneck_dim: int = Field(128, ge=1)
-    num_time_tokens: int = Field(4, ge=1, le=64)
-    num_scale_tokens: int = Field(4, ge=1, le=64)
-    num_mode_tokens: int = Field(4, ge=1, le=64)
-    freq_dim: int = Field(256, ge=2, le=4096)
-    rope_base: float = Field(10_000.0, gt=1)
-    norm_eps: float = Field(1e-6, gt=0, lt=1e-2)
-    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
-
-    # encoder and latents (elf.md sections 1, 7)
-    encoder: Literal["frozen", "joint", "scratch", "random", "token-embeddings", "learned"] = "frozen"
-    encoder_name: str | None = "t5-small"  # hub name or local directory; None: build from the fields below
-    encoder_d_model: int = Field(64, ge=4, le=8192)
-    encoder_layers: int = Field(2, ge=1, le=64)
-    encoder_heads: int = Field(4, ge=1, le=128)
-    encoder_d_ff: int = Field(256, ge=4)
-    encoder_d_kv: int | None = Field(None, ge=1)
-    latent_scale: float | None = Field(0.2, gt=0)  # None: estimate (random / tiny encoders)
-    latent_mean: float = 0.0
-    # encoder="scratch": masked-LM pretraining on the training split (dlmbench_elf.pretrain)
-    encoder_pretrain_steps: int = Field(4000, ge=1)
-    encoder_pretrain_batch_size: int = Field(64, ge=1)
-    encoder_pretrain_lr: float = Field(1e-3, gt=0)
-    encoder_mask_rate: float = Field(0.4, gt=0, lt=1)
-
-    # flow and denoise branch (elf.md sections 2, 4)
-    prediction: Literal["x", "v"] = "x"
-    noise_scale: float = Field(2.0, gt=0)
-    t_mean: float = Field(-1.5, ge=-10, le=10)
-    t_std: float = Field(0.8, gt=0, le=10)
-    t_eps: float = Field(0.05, gt=0, lt=1)
-    self_cond_prob: float = Field(0.5, ge=0, le=1)
-    sc_scale_min: float = Field(0.5, gt=0)  # (1 + w) ~ LogUniform[1 + min, 1 + max]
-    sc_scale_max: float = Field(5.0, gt=0, le=100)
-    label_drop_prob: float = Field(0.1, ge=0, lt=1)  # conditional tasks only
-
-    # decode branch (elf.md section 4)
-    decode_prob: float = Field(0.2, ge=0, le=1)
-    decode_p_mean: float = Field(0.8, ge=-10, le=10)
-    decode_p_std: float = Field(0.8, gt=0, le=10)
-    decode_noise_scale: float | None = Field(None, gt=0)  # None: 5 unconditional, 1 conditional
-
-    @model_validator(mode="after")
-    def _check(self) -> "ELFConfig":
-        if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer={self.optimizer!r} must be 'adamw' or 'muon'")
-        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
-            raise ValueError(f"hidden={self.hidden} must split into {self.heads} heads of even size (RoPE)")
-        if self.encoder_d_model % self.encoder_heads and self.encoder_d_kv is None:
-            raise ValueError("encoder_d_model must be divisible by encoder_heads (or set encoder_d_kv)")
-        if self.sc_scale_min > self.sc_scale_max:
-            raise ValueError(f"sc_scale_min={self.sc_scale_min} exceeds sc_scale_max={self.sc_scale_max}")
-        if self.encoder == "frozen" and self.encoder_name is None:
-            raise ValueError(
-                "encoder='frozen' loads pretrained weights and needs encoder_name (e.g. 't5-small' or a "
-                "local directory); a frozen randomly initialised T5 is encoder='random'"
-            )
-        if self.encoder == "learned" and self.encoder_name is not None:
-            raise ValueError("encoder='learned' builds its own table; set encoder_name=None")
-        return self
 
 
 def build_denoiser(config: ELFConfig, d_latent: int, vocab_size: int) -> Denoiser:
@@ -261,15 +153,13 @@ class ELF(Model):
     # training ---------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:
         cfg = self.config
-        tokens = batch.tokens.to(self.device)
+        batch = batch.to(self.device)
+        tokens = batch.tokens
         B, L = tokens.shape
         P = self.spec.prefix_len
         dev = tokens.device
         src = (torch.arange(L, device=dev) < P).view(1, L, 1)  # clean-source positions
-        mask = ~src[..., 0].expand(B, L)  # loss on the target only
-        if batch.loss_mask is not None:
-            mask = mask & batch.loss_mask.to(dev).bool()
-        mask = mask.float()
+        mask = target_positions(self.spec, batch).scored.float()  # loss on the target only
 
         # 1. latents (one encoder call per batch), label dropping for input CFG
         drop = (torch.rand(B, device=dev) < cfg.label_drop_prob) if P > 0 else None
@@ -287,7 +177,7 @@ class ELF(Model):
         use_sc = (torch.rand(B, device=dev) < cfg.self_cond_prob) & ~dec
         sc = torch.where(src, x, torch.zeros_like(x)).detach()
 
-        # 3. self-conditioning with training-time CFG on it (elf.md section 4, steps 1-5)
+        # 3. self-conditioning with training-time CFG on it (paper Alg. 3)
         if bool(use_sc.any()):
             idx = use_sc.nonzero().squeeze(1)
             with torch.no_grad():

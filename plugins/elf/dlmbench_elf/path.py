@@ -1,17 +1,20 @@
 """The ELF flow path, its time and guidance-scale distributions, and x <-> v conversions.
 
-Convention (elf.md section 2; ``flow_matching``'s CondOT path): t = 0 is noise, t = 1
-is data, and with a noise scale ``s_n`` (2.0 in every ELF config)::
+Convention (paper Sec. 3.1; ``flow_matching``'s CondOT path): t = 0 is noise, t = 1
+is data, and with a noise scale ``s_n`` (``denoiser_noise_scale: 2.0`` in every
+``src/configs/training_configs/*.yml`` of ``lillian039/ELF@b29d883``)::
 
     z_t = t * x + (1 - t) * s_n * eps          v = dz_t/dt = x - s_n * eps
 
 An x-prediction ``x_hat`` becomes a velocity as ``(x_hat - z_t) / max(1 - t, t_eps)``
-(t_eps = 0.05). Without the clamp this is exactly ``x - s_n eps`` when ``x_hat = x``;
-the official code (``net_out_to_v_x``) clamps both the prediction *and* the regression
-target, and this module does the same, so the loss is ``||x_hat - x||^2 / max(1-t, .05)^2``.
+(t_eps = 0.05; paper Eq. 1). Without the clamp this is exactly ``x - s_n eps`` when
+``x_hat = x``; the official code (``net_out_to_v_x`` in ``src/utils/sampling_utils.py``)
+clamps both the prediction *and* the regression target, and this module does the same,
+so the loss is ``||x_hat - x||^2 / max(1-t, .05)^2``.
 
 All three objects are small frozen dataclasses so they compose by constructor, in the
-style of ``flow_matching.path`` (anchors_style.md section 4).
+style of ``flow_matching``'s ``path/scheduler/scheduler.py`` (``Scheduler(t) ->
+SchedulerOutput``); MDLM's and Duo's schedule (:mod:`dlmbench.schedule`) has the same shape.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class FlowPath:
         return max(1.0 - float(tb), self.t_eps)
 
     def velocity(self, x_hat: Tensor, z: Tensor, t: Tensor | float) -> Tensor:
-        """x-prediction -> velocity: ``(x_hat - z) / max(1 - t, t_eps)`` (elf.md Eq. 1)."""
+        """x-prediction -> velocity: ``(x_hat - z) / max(1 - t, t_eps)`` (paper Eq. 1)."""
         return (x_hat - z) / self.denom(t, z)
 
     def data(self, v_hat: Tensor, z: Tensor, t: Tensor | float) -> Tensor:
@@ -69,7 +72,7 @@ class FlowPath:
         return z + self.denom(t, z) * v_hat
 
     def euler(self, z: Tensor, x_hat: Tensor, t: float, t_next: float) -> Tensor:
-        """One Euler step of the ODE ``dz/dt = v`` from ``t`` to ``t_next`` (elf.md section 5).
+        """One Euler step of the ODE ``dz/dt = v`` from ``t`` to ``t_next`` (paper Alg. 5; ``_ode_step``).
 
         With ``t_next = 1`` and ``1 - t >= t_eps`` this lands exactly on ``x_hat``.
         """
@@ -78,7 +81,7 @@ class FlowPath:
     def churn(
         self, z: Tensor, t: float, t_next: float, gamma: float, eps: Tensor
     ) -> tuple[Tensor, float]:
-        """The SDE "churn" of the official code (elf.md section 5, code form).
+        """The SDE "churn" of the official code (``_sde_step`` in ``src/utils/sampling_utils.py``).
 
         ``alpha = clip(1 - gamma (t_next - t), 0, 1)``, ``t_b = alpha t`` and
         ``z_b = alpha z + (1 - alpha) s_n eps``; the caller then predicts at ``(z_b, t_b)``
@@ -127,7 +130,7 @@ class LogitNormal:
 
 @dataclass(frozen=True)
 class LogUniformScale:
-    """Self-conditioning CFG scale w with ``(1 + w) ~ LogUniform[1 + lo, 1 + hi]`` (elf.md section 4).
+    """Self-conditioning CFG scale w with ``(1 + w) ~ LogUniform[1 + lo, 1 + hi]`` (paper Alg. 3).
 
     The reference range is lo = 0.5, hi = 5, so w in [0.5, 5], biased towards small w
     (the paper's "power distribution"); code ``sample_cfg_scale``.
@@ -153,7 +156,7 @@ class LogUniformScale:
 
 
 def sc_cfg_target(v: Tensor, v_cond: Tensor, v_uncond: Tensor, w: Tensor) -> Tensor:
-    """Training-time CFG on the self-conditioning signal (elf.md section 4, step 5).
+    """Training-time CFG on the self-conditioning signal (paper Alg. 3, Eq. 3).
 
     ``v + (1 - 1/w) (v_c - v_u)`` for the rows that self-condition (the caller applies it
     to those rows only, i.e. the ``m`` of the paper). Regressing ``f(z | x', w)`` on it,

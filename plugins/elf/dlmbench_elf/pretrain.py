@@ -1,7 +1,7 @@
 """Pretrain ELF's T5 encoder from scratch on the task's own training split.
 
 ELF's latents come from a *pretrained contextual* encoder; the paper's embedding ablation
-(elf.md section 7) ranks "contextual T5 trained from scratch on OWT" second, after the
+(paper Sec. 4.1) ranks "contextual T5 trained from scratch on OWT" second, after the
 original pretrained T5-small and ahead of every non-contextual space. Offline there is no
 pretrained T5 for the tasks' own vocabularies, so ``encoder="scratch"`` trains one here,
 on the same training rows the flow will see, and freezes it before the flow trains.

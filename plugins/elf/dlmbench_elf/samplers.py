@@ -1,6 +1,7 @@
 """ELF samplers: Euler ODE and the code-form SDE churn sampler, then one decode pass.
 
-elf.md section 5 (paper B.2, Alg. 5-6; code ``torch_elf/sampling.py``).
+Paper App. B.2, Alg. 5-6; code ``lillian039/ELF@b29d883 src/utils/sampling_utils.py``
+(``get_sampling_steps``, ``_ode_step``, ``_sde_step``) and ``src/generation.py``.
 
 Steps and NFE. ``steps = N`` means N network evaluations before the decode pass: the time
 grid has N + 1 points ``0 = t_0 < ... < t_N = 1``; steps 1..N-1 use the ODE (or SDE)
@@ -21,7 +22,8 @@ SC-CFG scale w enters only as tokens, so it costs no extra pass.
 Input CFG (conditional tasks, scale s != 1). The unconditional pass zeroes the source
 in both z and the self-conditioning channel; x_hat = x_u + s (x_c - x_u). The code mixes
 v and x separately; at the target positions both give the same update (z is shared).
-The source positions are always restored to the clean source latents.
+The source positions are always restored to the clean source latents, and the returned
+ids repeat the request's prefix (:func:`dlmbench.prefix.request_prefix`).
 
 Randomness: the initial noise, the grid and the SDE noise are all drawn in float64 from
 ``request.generator``; the latent state is then kept in float32 (the network casts its
@@ -37,6 +39,7 @@ from pydantic import Field
 from torch import Tensor
 
 from dlmbench.data import DataSpec, SampleRequest
+from dlmbench.prefix import request_prefix
 from dlmbench.sampler import Sampler, SamplerConfig
 from dlmbench_elf.model import ELF
 from dlmbench_elf.path import LogitNormal, _normal
@@ -70,13 +73,15 @@ class ELFSamplerConfig(SamplerConfig):
 
 
 class SDEConfig(ELFSamplerConfig):
-    """Reference OWT setting (elf.md section 5): SDE, gamma 1.5, w 3 (32 steps)."""
+    """Reference OWT setting (paper Tab. 6; ``uncond_sampling_configs.yml`` of
+    ``src/configs/sampling_configs``): SDE, gamma 1.5, w 3 (32 steps)."""
 
     gamma: float = Field(1.5, ge=0, le=100)
 
 
 class ODEConfig(ELFSamplerConfig):
-    """Reference conditional setting (De-En, XSum): ODE, w 1, input CFG 2 (64 steps)."""
+    """Reference conditional setting (De-En, XSum; paper Tab. 1; ``cond_sampling_configs.yml``):
+    ODE, w 1, input CFG 2 (64 steps)."""
 
     w: float = Field(1.0, ge=0, le=100)
     cfg_scale: float = Field(2.0, ge=0, le=100)
@@ -130,10 +135,8 @@ class _ELFSampler(Sampler):
         dev, D = model.device, model.latent_dim
         src_mask = (torch.arange(L, device=dev) < P).view(1, L, 1)
         src = torch.zeros(B, L, D, device=dev)
-        if P > 0:
-            if request.prefix is None:
-                raise ValueError("a conditional task's sample request needs a prefix")
-            prefix = request.prefix.to(dev).long()
+        prefix = request_prefix(spec, request, dev)
+        if prefix is not None:
             src[:, :P] = model.encode(prefix, prefix_len=P)  # source attends only to source
         use_cfg = P > 0 and self.config.cfg_scale != 1.0
         w = torch.full((B,), float(self.config.w), device=dev)
@@ -155,7 +158,7 @@ class _ELFSampler(Sampler):
         ones = torch.ones(B, device=dev)
         hidden = model.predict(z, torch.zeros_like(z), ones, w, ones).hidden
         ids = model.decode_logits(hidden).argmax(-1)
-        if P > 0:
+        if prefix is not None:
             ids[:, :P] = prefix
         return ids.long()
 

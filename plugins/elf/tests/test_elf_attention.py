@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlmbench_elf.model import ELFConfig, build_denoiser
+from dlmbench_elf.config import ELFConfig
+from dlmbench_elf.model import build_denoiser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _denoiser(seed: int = 0):

@@ -10,7 +10,10 @@ from pydantic import ValidationError
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError, HubUnavailableError
-from dlmbench_elf.model import ELF, ELFConfig, build_denoiser
+from dlmbench_elf.config import ELFConfig
+from dlmbench_elf.model import ELF, build_denoiser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = DataSpec(vocab_size=50, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
 COND = DataSpec(vocab_size=50, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4, prefix_len=8)
@@ -72,8 +75,8 @@ def test_config_rejects_bad_values(bad):
 def test_paper_scale_parameter_counts_on_meta():
     """ELF-B/M/L denoisers with 512-d T5-small latents, counted without allocating.
 
-    With |V| = 32,100 (``len(tokenizer)``, elf.md section 1) ELF-B has 104,579,940
-    parameters; the 104,594,304 of the torch port (elf.md section 3) is the same network
+    With |V| = 32,100 (``len(tokenizer)`` of the T5 tokenizer, the reference's decode-head
+    size) ELF-B has 104,579,940 parameters; the 104,594,304 a torch port counts is the same network
     with the 32,128-row T5 *embedding* size as |V|: the only difference is 28 decode-head
     rows x (512 weights + 1 bias) = 14,364. M and L match the paper's 342M and 652M.
     """
@@ -272,7 +275,7 @@ def test_default_sampler_follows_the_reference_per_task_kind():
     """SDE (gamma 1.5, w 3) unconditional; ODE (w 1, input CFG 2) on conditional tasks."""
     from dlmbench.config import ModelEntry
     from dlmbench.plugins import build_registry, get_plugin_manager
-    from dlmbench.runner import build_sampler
+    from dlmbench.build import build_sampler
 
     registry = build_registry(get_plugin_manager())
     uncond = build_sampler(ModelEntry(name="elf"), registry, conditional=False)

@@ -19,8 +19,11 @@ import pytest
 import torch
 
 from dlmbench.data import DataSpec, SampleRequest
-from dlmbench_elf.model import ELF, ELFConfig, Prediction
+from dlmbench_elf.config import ELFConfig
+from dlmbench_elf.model import ELF, Prediction
 from dlmbench_elf.samplers import ODESampler, SDESampler
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K, D, FIRST = 4, 16, 5
 PROBS = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
@@ -119,7 +122,7 @@ def test_ode_on_the_reference_grid_recovers_the_data_distribution():
 def test_sde_churn_is_a_sharpening_heuristic():
     """The code-form SDE (gamma 1.5) with the exact denoiser still lands near the points
     and decodes them, but it is not an exact sampler: z_b carries less noise than the
-    path's marginal at t_b (elf.md section 5), which sharpens the distribution towards
+    path's marginal at t_b (``_sde_step`` of lillian039/ELF@b29d883), which sharpens the distribution towards
     its likelier points (lower entropy; the paper's gamma trades Gen PPL for entropy).
     """
     model = OracleELF(sigma_d=0.05).eval()

@@ -1,4 +1,4 @@
-"""Path and parameterisation identities (elf.md sections 2, 4, 5)."""
+"""Path and parameterisation identities (ELF paper Sec. 3.1, Eq. 1, Alg. 3, 5-6)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from dlmbench_elf.path import FlowPath, LogitNormal, LogUniformScale, sc_cfg_target
 from dlmbench_elf.samplers import time_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 torch.set_default_dtype(torch.float32)
 
@@ -119,7 +121,7 @@ def test_time_grids():
 
 
 def test_sc_cfg_fixed_point_by_hand():
-    """The SC-CFG regression's fixed point is w E[v|x'] + (1 - w) E[v|empty] (elf.md section 4).
+    """The SC-CFG regression's fixed point is w E[v|x'] + (1 - w) E[v|empty] (paper Alg. 3, Eq. 3).
 
     A case small enough to compute by hand: at one (z, t) the data x is +1 or -1 with
     probabilities 0.25 / 0.75 and the self-conditioning signal x' equals x (perfectly

@@ -9,8 +9,10 @@ import torch
 
 from dlmbench.data import DataSpec
 from dlmbench.training import fit
-from dlmbench_elf.model import ELF, ELFConfig
+from dlmbench_elf import ELF, ELFConfig
 from dlmbench_elf.pretrain import corrupt_for_mlm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = DataSpec(vocab_size=20, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
 COND = DataSpec(vocab_size=20, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4, prefix_len=6)

@@ -1,4 +1,5 @@
-"""MDLM for dlmbench (Sahoo et al., NeurIPS 2024; mdlm_duo.md section 2).
+"""MDLM for dlmbench ("Simple and Effective Masked Diffusion Language Models", Sahoo et al.,
+NeurIPS 2024, arXiv 2406.07524).
 
 Registers the model ``mdlm`` and its samplers ``ddpm`` and ``ddpm_cache`` (default).
 :func:`load_official` loads the released ``kuleshov-group/mdlm-owt`` weights.

@@ -1,33 +1,37 @@
 """MDLM: masked (absorbing-state) diffusion with the SUBS parameterisation.
 
-Implements mdlm_duo.md section 2 (forward process, SUBS, NELBO, time conditioning) on the
-shared DiT of section 1 (:mod:`dlmbench.nn.dit`). Following ``kuleshov-group/mdlm``
-(``diffusion.py``, ``noise_schedule.py``) where it and the paper differ:
+The forward process, SUBS, the NELBO (Eq. 10-11) and the time conditioning of the MDLM
+paper (Sahoo et al., NeurIPS 2024, arXiv 2406.07524) on the shared DiT
+(:mod:`dlmbench.nn.dit`).
+Where code and paper differ this follows ``kuleshov-group/mdlm@c112c52`` (``diffusion.py``,
+``noise_schedule.py``), which produced the released weights:
 
-* **Schedule**: log-linear, ``alpha_t = 1 - (1 - eps) t`` with ``eps = 1e-3``, i.e.
-  ``sigma(t) = -log(1 - (1 - eps) t)``; each position is masked independently with
-  probability ``1 - alpha_t``.
-* **SUBS**: ``-1e6`` is added to the ``[MASK]`` logit before log-normalising (the model
-  never predicts the mask), and unmasked positions carry their token over (log-prob 0 on
-  ``z_t``, ``-1e6`` elsewhere), so they contribute no loss and are never changed.
+* **Schedule**: log-linear, ``alpha_t = 1 - (1 - eps) t`` with ``eps = 1e-3``
+  (:class:`dlmbench.schedule.LogLinearSchedule`); each position is masked independently
+  with probability ``1 - alpha_t`` (``q_xt``).
+* **SUBS** (``_subs_parameterization``): ``-1e6`` is added to the ``[MASK]`` logit before
+  log-normalising (the model never predicts the mask), and unmasked positions carry their
+  token over (log-prob 0 on ``z_t``, ``-1e6`` elsewhere), so they contribute no loss and
+  are never changed.
 * **Continuous-time NELBO** (T = 0): ``-alpha'_t / (1 - alpha_t) * log p_theta(x | z_t)``
   on masked positions; for this schedule the weight is exactly ``1/t`` (the code writes it
-  ``dsigma / expm1(sigma)``). ``t`` is drawn with the code's "antithetic" stratification
-  ``t_i = eps + (1 - eps) ((u_i + i) / n mod 1)`` (one ``u_i`` per row, one ``t`` per
-  sequence). The training loss sums over masked positions and divides by the number of
-  *all* loss positions in the batch (the code averages over every token, BOS/EOS
-  included); :meth:`MDLM.nelbo` returns the per-sequence sum (nats).
+  ``dsigma / expm1(sigma)``). ``t`` is drawn with the code's antithetic stratification
+  (:class:`dlmbench.schedule.StratifiedUniform`, one ``t`` per sequence). The training
+  loss sums over masked positions and divides by the number of *all* loss positions in
+  the batch (the code averages over every token, BOS/EOS included); :meth:`MDLM.nelbo`
+  returns the per-sequence sum (nats).
 * **Discrete-time bound** (``T > 0``, the code's D3PM-style ``_d3pm_loss``): ``t`` is
   snapped to ``{1/T, ..., 1}`` and the weight is ``T (alpha_s - alpha_t) / (1 - alpha_t)``
   with ``s = t - 1/T``; under SUBS the mask-probability terms of the code vanish and this
   is again ``1/t`` for the log-linear schedule. Like the code, no prior or reconstruction
   term is added (both vanish under SUBS, up to the ``eps`` of ``alpha_1``).
 * **Time conditioning**: off by default, as in the released OWT model
-  (``time_conditioning: False``); sigma is then zeroed before ``sigma_map``. This is what
-  makes the cached sampler exact.
+  (``time_conditioning: False`` in ``configs/config.yaml``); sigma is then zeroed before
+  ``sigma_map``. This is what makes the cached sampler exact.
 
 Conditional tasks (``spec.prefix_len > 0``): the prefix is never masked and the loss and
-the bound cover target positions only (intersected with ``batch.loss_mask`` if given).
+the bound cover target positions only (intersected with ``batch.loss_mask`` if given;
+:func:`dlmbench.prefix.target_positions`).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from pydantic import Field
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
 from dlmbench.model import Model
-from dlmbench.nn.dit import DiT
 from dlmbench.nn.dit_config import DiTModelConfig
+from dlmbench.prefix import target_positions
+from dlmbench.schedule import LogLinearSchedule, StratifiedUniform
 
 #: The code's ``neg_infinity`` (``diffusion.py``), used by SUBS.
 NEG_INFINITY = -1_000_000.0
@@ -50,7 +55,7 @@ class MDLMConfig(DiTModelConfig):
     """MDLM options; defaults are the released OWT recipe (``small``); the architecture
     and optimiser fields are the shared DiT ones (:mod:`dlmbench.nn.dit_config`)."""
 
-    # diffusion (section 2)
+    # diffusion
     noise_eps: float = Field(1e-3, ge=0.0, lt=1.0)  # log-linear schedule: alpha_1 = noise_eps
     sampling_eps: float = Field(1e-3, gt=0.0, lt=1.0)  # t ~ U[sampling_eps, 1]
     antithetic_sampling: bool = True
@@ -58,39 +63,17 @@ class MDLMConfig(DiTModelConfig):
     T: int = Field(0, ge=0)  # 0: continuous-time NELBO; > 0: the discrete-time bound
 
 
-# -- schedule and parameterisation (module-level so tests can check them) --------------------
-def loglinear_alpha(t: torch.Tensor, eps: float) -> torch.Tensor:
-    """``alpha_t = 1 - (1 - eps) t`` (the probability a token is still clean)."""
-    return 1 - (1 - eps) * t
+# -- NELBO weights and parameterisation (module-level so tests can check them) ---------------
+def continuous_weight(schedule: LogLinearSchedule, t: torch.Tensor) -> torch.Tensor:
+    """``-alpha'_t / (1 - alpha_t)`` (paper Eq. 10): exactly ``1/t`` for the log-linear schedule."""
+    at = schedule(t)
+    return -at.d_alpha_t / (1 - at.alpha_t)
 
 
-def loglinear_dalpha(t: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.full_like(t, -(1 - eps))
-
-
-def loglinear_sigma(t: torch.Tensor, eps: float) -> torch.Tensor:
-    """Total noise ``sigma(t) = -log(1 - (1 - eps) t)``."""
-    return -torch.log1p(-(1 - eps) * t)
-
-
-def continuous_weight(t: torch.Tensor, eps: float) -> torch.Tensor:
-    """``-alpha'_t / (1 - alpha_t)``: exactly ``1/t`` for the log-linear schedule."""
-    return -loglinear_dalpha(t, eps) / (1 - loglinear_alpha(t, eps))
-
-
-def discrete_weight(t: torch.Tensor, T: int, eps: float) -> torch.Tensor:
+def discrete_weight(schedule: LogLinearSchedule, t: torch.Tensor, T: int) -> torch.Tensor:
     """``T (alpha_s - alpha_t) / (1 - alpha_t)`` with ``s = t - 1/T`` (also ``1/t`` here)."""
-    a_t, a_s = loglinear_alpha(t, eps), loglinear_alpha(t - 1.0 / T, eps)
+    a_t, a_s = schedule(t).alpha_t, schedule(t - 1.0 / T).alpha_t
     return T * (a_s - a_t) / (1 - a_t)
-
-
-def sample_times(n: int, device: torch.device, eps: float, antithetic: bool,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """``t ~ U[eps, 1]``, stratified over the batch as the code's ``_sample_t``."""
-    u = torch.rand(n, device=device, generator=generator)
-    if antithetic:
-        u = (u / n + torch.arange(n, device=device) / n) % 1
-    return (1 - eps) * u + eps
 
 
 def mask_bias(vocab_size: int, mask_id: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
@@ -122,61 +105,42 @@ class MDLM(Model):
         super().__init__(config, spec)
         if not 0 <= spec.mask_id < spec.vocab_size:
             raise ConfigError(f"mdlm needs spec.mask_id inside the vocabulary, got {spec.mask_id}")
-        self.backbone = DiT(
-            spec.vocab_size,
-            hidden_size=config.hidden_size,
-            n_blocks=config.n_blocks,
-            n_heads=config.n_heads,
-            cond_dim=config.cond_dim,
-            mlp_ratio=config.mlp_ratio,
-            dropout=config.dropout,
-            attention_backend=config.attention_backend,
-            bf16=config.bf16,
-        )
+        self.backbone = config.build_dit(spec.vocab_size)
+        self.schedule = LogLinearSchedule(config.noise_eps)
+        self.time_dist = StratifiedUniform(config.sampling_eps, config.antithetic_sampling)
 
     @property
     def network(self) -> torch.nn.Module:
         return self.backbone
 
-    # -- schedule -------------------------------------------------------------------------
-    def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return loglinear_alpha(t, self.config.noise_eps)
-
+    # -- conditioning and parameterisation -------------------------------------------------
     def conditioning(self, t: torch.Tensor) -> torch.Tensor:
         """The ``sigma`` fed to the network: ``sigma(t)``, or zeros without time conditioning."""
         if not self.config.time_conditioning:
             return torch.zeros_like(t, dtype=torch.float32)
-        return loglinear_sigma(t, self.config.noise_eps).float()
+        return self.schedule(t).total_noise.float()
 
     def log_probs(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """SUBS log-probabilities ``log x_theta(z_t, t)``, ``(B, L, K)`` fp32."""
         return subs_log_probs(self.network(xt, self.conditioning(t)), xt, self.spec.mask_id)
 
     # -- objective ------------------------------------------------------------------------
-    def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noised, scored) boolean ``(B, L)`` masks: the prefix is neither."""
-        tokens = batch.tokens
-        target = torch.arange(tokens.shape[1], device=tokens.device) >= self.spec.prefix_len
-        noised = target.unsqueeze(0).expand_as(tokens)
-        scored = noised if batch.loss_mask is None else noised & batch.loss_mask.to(torch.bool)
-        return noised, scored
-
     def token_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position NELBO terms ``(B, L)`` (zero off the scored positions) and the
         scored-position mask. One time ``t`` per sequence."""
         x0 = batch.tokens
         B, L = x0.shape
         cfg = self.config
-        noised, scored = self._positions(batch)
+        noised, scored = target_positions(self.spec, batch)
         if bool((x0[scored] == self.spec.mask_id).any()):
             raise ValueError("mdlm: the data contains spec.mask_id at a scored position")
-        t = sample_times(B, x0.device, cfg.sampling_eps, cfg.antithetic_sampling)
+        t = self.time_dist.sample(B, x0.device)
         if cfg.T > 0:
             t = ((t * cfg.T).floor().clamp(max=cfg.T - 1) + 1) / cfg.T  # t in {1/T, ..., 1}
-            weight = discrete_weight(t, cfg.T, cfg.noise_eps)
+            weight = discrete_weight(self.schedule, t, cfg.T)
         else:
-            weight = continuous_weight(t, cfg.noise_eps)
-        move = 1 - self.alpha(t)
+            weight = continuous_weight(self.schedule, t)
+        move = 1 - self.schedule(t).alpha_t
         masked = (torch.rand(B, L, device=x0.device) < move[:, None]) & noised
         xt = torch.where(masked, torch.full_like(x0, self.spec.mask_id), x0)
         logits = self.network(xt, self.conditioning(t))

@@ -1,4 +1,4 @@
-"""Loading the released MDLM weights (``kuleshov-group/mdlm-owt``; mdlm_duo.md section 5).
+"""Loading the released MDLM weights (the Hugging Face repository ``kuleshov-group/mdlm-owt``).
 
 The Hugging Face checkpoint is a fp32 ``model.safetensors`` with ``backbone.*`` keys and a
 ``config.json`` (``MDLMConfig``: ``vocab_size=50258``, ``model_length=1024``,
@@ -7,8 +7,8 @@ The Hugging Face checkpoint is a fp32 ``model.safetensors`` with ``backbone.*`` 
 weights by name; the repository's remote code is never used. The released network
 returns raw logits; :class:`MDLM` applies SUBS itself, as the HF card requires.
 
-The data spec is GPT-2's (section 1): 50,257 tokenizer ids plus ``[MASK]`` at 50,257;
-BOS = EOS = ``<|endoftext|>`` = 50,256.
+The data spec is GPT-2's (:func:`dlmbench.nn.dit_weights.gpt2_spec`): 50,257 tokenizer
+ids plus ``[MASK]`` at 50,257; BOS = EOS = ``<|endoftext|>`` = 50,256.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ from __future__ import annotations
 import os
 
 from dlmbench.data import DataSpec
-from dlmbench.nn.dit_weights import dit_kwargs_from_config, load_dit_state, read_state_dict, resolve_checkpoint
+from dlmbench.nn.dit_weights import (
+    dit_kwargs_from_config,
+    gpt2_spec,
+    load_dit_state,
+    read_state_dict,
+    resolve_checkpoint,
+)
 
 from dlmbench_mdlm.model import MDLM, MDLMConfig
 
 HUB_NAME = "kuleshov-group/mdlm-owt"
-
-
-def gpt2_spec(seq_len: int = 1024, vocab_size: int = 50258, prefix_len: int = 0) -> DataSpec:
-    """The released models' data layout: GPT-2 ids, ``<|endoftext|>`` = 50256 as BOS/EOS,
-    id 50257 as ``[MASK]`` (MDLM) / ``[PAD]`` (Duo)."""
-    return DataSpec(vocab_size=vocab_size, seq_len=seq_len, pad_id=50257, bos_id=50256,
-                    eos_id=50256, mask_id=50257, prefix_len=prefix_len)
 
 
 def load_official(source: str | os.PathLike = HUB_NAME, *, spec: DataSpec | None = None, **overrides) -> MDLM:

@@ -1,4 +1,4 @@
-"""MDLM samplers (mdlm_duo.md section 2, "Samplers"): ``ddpm`` and ``ddpm_cache``.
+"""MDLM samplers: ``ddpm`` and ``ddpm_cache`` (``kuleshov-group/mdlm@c112c52 diffusion.py``).
 
 Both walk the code's grid ``t_i = linspace(1, final_t, steps + 1)`` (``final_t = 1e-5``)
 from the all-mask prior. One ancestral step from ``t`` to ``s < t`` draws, at every still
@@ -24,12 +24,14 @@ left to right, each with its share of the steps and its own noise-removal call, 
 later blocks stay masked. The NFE is then ``steps + num_blocks``.
 
 All categorical draws go through :func:`dlmbench.categorical.sample_categorical` in
-float64 with ``request.generator`` (the fix for the fp32 Gumbel bias, section 4).
+float64 with ``request.generator``: the code draws in float32, whose truncated Gumbel
+noise lowers the effective temperature (Zheng et al., arXiv 2409.02908); the Duo paper
+samples every model in float64 (``s-sahoo/duo@7c9b498``, ``sampling.use_float64``).
+The start is all-mask with the request's prefix (:func:`dlmbench.prefix.initial_ids`).
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar, Literal
 
 import torch
@@ -39,31 +41,10 @@ from dlmbench.categorical import sample_categorical
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.errors import ConfigError
 from dlmbench.model import Model
-from dlmbench.sampler import Sampler, SamplerConfig
+from dlmbench.prefix import initial_ids
+from dlmbench.sampler import Sampler, SamplerConfig, model_device
 
 from dlmbench_mdlm.model import mask_bias
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def initial_state(model: Model, request: SampleRequest, fill: torch.Tensor | int, device) -> torch.Tensor:
-    """``(n, L)`` start: ``fill`` on the target, ``request.prefix`` on the prefix."""
-    spec = model.spec
-    n, L, P = request.num_samples, spec.seq_len, spec.prefix_len
-    if isinstance(fill, int):
-        x = torch.full((n, L), fill, dtype=torch.long, device=device)
-    else:
-        x = fill.to(device=device, dtype=torch.long)
-    if P > 0:
-        if request.prefix is None or tuple(request.prefix.shape) != (n, P):
-            got = None if request.prefix is None else tuple(request.prefix.shape)
-            raise ConfigError(f"conditional task: request.prefix must be ({n}, {P}), got {got}")
-        x[:, :P] = request.prefix.to(device=device, dtype=torch.long)
-    return x
 
 
 def block_bounds(prefix_len: int, seq_len: int, num_blocks: int) -> list[tuple[int, int]]:
@@ -141,7 +122,7 @@ class _MDLMAncestral(Sampler):
         device = model_device(model)
         gen = request.generator
         mask_id = spec.mask_id
-        x = initial_state(model, request, mask_id, device)
+        x = initial_ids(spec, request, mask_id, device)
         denoise = _Denoiser(model, self.use_cache, getattr(cfg, "cache_scope", "sequence"))
         blocks = block_bounds(spec.prefix_len, spec.seq_len, cfg.num_blocks)
         for (lo, hi), steps in zip(blocks, split_steps(request.steps, cfg.num_blocks)):
@@ -151,8 +132,8 @@ class _MDLMAncestral(Sampler):
             for i in range(steps):
                 t, s = float(grid[i]), float(grid[i + 1])
                 log_x0 = denoise(x, t)
-                a_t = float(model.alpha(torch.tensor(t, dtype=torch.float64)))
-                a_s = float(model.alpha(torch.tensor(s, dtype=torch.float64)))
+                a_t = float(model.schedule(torch.tensor(t, dtype=torch.float64)).alpha_t)
+                a_s = float(model.schedule(torch.tensor(s, dtype=torch.float64)).alpha_t)
                 todo = (x == mask_id) & inside
                 if bool(todo.any()):
                     # unnormalised q(z_s | z_t = m): x_theta (alpha_s - alpha_t), mask 1 - alpha_s

@@ -1,4 +1,4 @@
-"""The shared DiT backbone (dlmbench.nn.dit): layout, size and conditioning (mdlm_duo.md 1, 5)."""
+"""The shared DiT backbone (dlmbench.nn.dit): layout, size and conditioning."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from dlmbench.nn.dit import SIZES, DiT, count_parameters, timestep_embedding
+from dlmbench.nn.dit import DiT, count_parameters, timestep_embedding
+from dlmbench.nn.dit_config import DiTModelConfig
 
-# The released checkpoints' keys and shapes, copied from mdlm_duo.md section 5, in order.
+# The released checkpoints' keys and shapes (the ``backbone.*`` entries of the
+# ``model.safetensors`` of kuleshov-group/mdlm-owt and s-sahoo/duo), in order.
 SMALL_HEAD = [
     ("vocab_embed.embedding", (50258, 768)),
     ("sigma_map.mlp.0.weight", (128, 256)),
@@ -42,7 +44,7 @@ SMALL_KEYS = SMALL_HEAD + [(f"blocks.{i}.{k}", s) for i in range(12) for k, s in
 
 def small_on_meta() -> DiT:
     with torch.device("meta"):
-        return DiT.from_size(50258, "small")
+        return DiTModelConfig.from_preset("small").build_dit(50258)
 
 
 def test_small_has_the_released_keys_shapes_and_order():
@@ -128,5 +130,17 @@ def test_attention_backends_agree(backend):
 
 
 def test_presets_match_the_shared_sizes():
-    assert SIZES["small"].hidden_size == 768 and SIZES["small"].n_blocks == 12 and SIZES["small"].n_heads == 12
-    assert SIZES["tiny"].hidden_size == 128 and SIZES["tiny"].n_heads == 4 and SIZES["tiny"].cond_dim == 128
+    small, tiny = DiTModelConfig.from_preset("small"), DiTModelConfig.from_preset("tiny")
+    assert (small.hidden_size, small.n_blocks, small.n_heads, small.dropout) == (768, 12, 12, 0.1)
+    assert (tiny.hidden_size, tiny.n_blocks, tiny.n_heads, tiny.cond_dim) == (128, 2, 4, 128)
+
+
+def test_build_dit_follows_every_architecture_field():
+    config = DiTModelConfig(hidden_size=32, n_blocks=3, n_heads=2, cond_dim=16, mlp_ratio=2, dropout=0.25,
+                            attention_backend="math", bf16=False)
+    net = config.build_dit(11)
+    assert net.vocab_embed.embedding.shape == (11, 32) and len(net.blocks) == 3
+    block = net.blocks[0]
+    assert (block.n_heads, block.attention_backend, block.dropout) == (2, "math", 0.25)
+    assert block.adaLN_modulation.in_features == 16 and block.mlp[0].out_features == 64
+    assert net.bf16 is False

@@ -1,4 +1,4 @@
-"""MDLM closed forms: the 1/t weight, SUBS, time sampling, the NELBO and prefix handling."""
+"""MDLM closed forms: the 1/t weight, SUBS, the NELBO and prefix handling."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ import torch
 from torch import nn
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.schedule import LogLinearSchedule
 from dlmbench_mdlm import MDLM, MDLMConfig, subs_log_probs
-from dlmbench_mdlm.model import (
-    NEG_INFINITY,
-    continuous_weight,
-    discrete_weight,
-    loglinear_sigma,
-    sample_times,
-)
+from dlmbench_mdlm.model import NEG_INFINITY, continuous_weight, discrete_weight
 
 EPS = 1e-3
+SCHEDULE = LogLinearSchedule(EPS)
 SPEC = DataSpec(vocab_size=8, seq_len=6, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
 
 
@@ -51,9 +47,9 @@ def stand_in_model(spec: DataSpec, probs: torch.Tensor, record: bool = False, **
 
 def test_continuous_weight_is_one_over_t():
     t = torch.linspace(EPS, 1.0, 101, dtype=torch.float64)
-    torch.testing.assert_close(continuous_weight(t, EPS), 1 / t)
+    torch.testing.assert_close(continuous_weight(SCHEDULE, t), 1 / t)
     # the code's form, dsigma / expm1(sigma)
-    sigma = loglinear_sigma(t, EPS)
+    sigma = SCHEDULE(t).total_noise
     dsigma = (1 - EPS) / (1 - (1 - EPS) * t)
     torch.testing.assert_close(dsigma / torch.expm1(sigma), 1 / t)
 
@@ -61,15 +57,7 @@ def test_continuous_weight_is_one_over_t():
 def test_discrete_weight_is_one_over_t_on_the_grid():
     T = 10
     t = torch.arange(1, T + 1, dtype=torch.float64) / T
-    torch.testing.assert_close(discrete_weight(t, T, EPS), 1 / t)
-
-
-def test_antithetic_times_cover_every_stratum():
-    n = 16
-    t = sample_times(n, torch.device("cpu"), EPS, antithetic=True)
-    u = (t - EPS) / (1 - EPS)
-    assert torch.equal((u * n).floor().long().sort().values, torch.arange(n))
-    assert float(t.min()) >= EPS and float(t.max()) <= 1.0
+    torch.testing.assert_close(discrete_weight(SCHEDULE, t, T), 1 / t)
 
 
 def test_subs_never_predicts_the_mask_and_keeps_unmasked_tokens():

@@ -14,13 +14,7 @@ from dlmbench_mdlm import MDLM, MDLMConfig, MDLMDDPM, MDLMDDPMCache
 SPEC = DataSpec(vocab_size=32, seq_len=16, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def progressions(rows: int, seed: int = 0) -> torch.Tensor:
