@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_MODELS = "elf,mdlm,duo,ar"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny presets never need the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script entry point: the tiny presets never need the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
@@ -175,7 +175,8 @@ def build_all(
     A model that fails to build (plugin missing or broken) is skipped with a printed note
     and recorded in ``skipped``.
     """
-    from dlmbench.runner import build_model, build_sampler, build_task
+    from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.context import RunContext
 
     registry = registry or load_registry()
     skipped = skipped if skipped is not None else {}
@@ -188,7 +189,7 @@ def build_all(
         try:
             config = run_config([entry], **budget)
             if data is None:
-                data = build_task(config, registry)
+                data = build_task(config, registry, RunContext(cache=Path(config.cache), offline=True))
             me = config.models[0]
             model = build_model(me, config.preset, registry, data).to(device)
             sampler = build_sampler(me, registry)

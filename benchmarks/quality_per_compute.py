@@ -21,7 +21,6 @@ CLI (models that do not build are dropped with a note).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -37,24 +36,23 @@ DEFAULT_STEPS = "4,8,16,32,64,128,256,1024"
 
 
 def load_cells(dirs: list[Path]) -> list[dict]:
+    """Cell records, read (and validated) through ``dlmbench.records``, as plain dicts."""
+    from dlmbench.results import load_records
+
     cells = []
     for d in dirs:
-        files = sorted((d / "cells").glob("*.json")) if (d / "cells").is_dir() else sorted(d.glob("*.json"))
-        if not files:
+        records = load_records([d])[0]
+        if not records:
             raise SystemExit(f"no cell records under {d} (expected {d}/cells/*.json)")
-        for f in files:
-            try:
-                cells.append(json.loads(f.read_text()))
-            except json.JSONDecodeError as exc:
-                print(f"NOTE: ignoring unreadable record {f}: {exc}")
+        cells.extend(c.model_dump(mode="json", by_alias=True) for c in records)
     return cells
 
 
 def _run_config(d: Path) -> dict | None:
-    try:
-        return json.loads((d / "run.json").read_text()).get("config")
-    except (OSError, json.JSONDecodeError):
-        return None
+    from dlmbench.results import ResultStore
+
+    run = ResultStore(d).read_run()
+    return run.config if run is not None else None
 
 
 def aggregate(cells: list[dict], metric: str) -> tuple[dict[str, list[dict]], dict[str, str]]:

@@ -38,6 +38,15 @@ _LAZY = {
     "Task": "dlmbench.task",
     "TaskConfig": "dlmbench.task",
     "TaskData": "dlmbench.task",
+    "RunContext": "dlmbench.context",
+    "CellRecord": "dlmbench.records",
+    "MetricResult": "dlmbench.records",
+    "ModelRecord": "dlmbench.records",
+    "LogLinearSchedule": "dlmbench.schedule",
+    "StratifiedUniform": "dlmbench.schedule",
+    "initial_ids": "dlmbench.prefix",
+    "request_prefix": "dlmbench.prefix",
+    "target_positions": "dlmbench.prefix",
 }
 
 __all__ = sorted([*_LAZY, "__version__", "hookimpl"])

@@ -1,6 +1,6 @@
 """Categorical sampling in float64, the one place every sampler draws tokens.
 
-Zheng et al. (arXiv 2409.02908; mdlm_duo.md section 4) showed that Gumbel-max with
+Zheng et al. (arXiv 2409.02908, ICLR 2025) showed that Gumbel-max with
 float32 uniforms truncates the smallest exponential draws, lowers the effective
 temperature and fakes low generative perplexity at many steps. Every draw in dlmbench
 therefore happens here, in float64, from a caller-supplied generator.

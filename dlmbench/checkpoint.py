@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from dlmbench.config import stable_hash
+from dlmbench.config import Budget, stable_hash
 from dlmbench.data import DataSpec
 from dlmbench.errors import CheckpointError
 from dlmbench.model import Model
@@ -36,6 +37,34 @@ def checkpoint_key(model_name: str, config: Any, spec: DataSpec, training: dict[
 
 def checkpoint_hash(key: dict) -> str:
     return stable_hash(key, n=16)
+
+
+@dataclass(frozen=True)
+class CheckpointSlot:
+    """Where the checkpoint of one model setup lives, and the key stamped into it."""
+
+    path: Path
+    key: dict
+
+    @property
+    def digest(self) -> str:
+        return checkpoint_hash(self.key)
+
+    @property
+    def record_path(self) -> Path:
+        """The model record beside the checkpoint (its training facts)."""
+        return self.path.with_suffix(".json")
+
+
+def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path) -> CheckpointSlot:
+    """The cached checkpoint for ``model`` trained under ``budget`` at ``precision``: the
+    key holds the model config, the data spec and every training fact that changes the
+    weights (bf16 trains other weights; fp32 keys stay as they were before bf16 existed)."""
+    training = budget.training_key()
+    if precision != "fp32":
+        training = {**training, "precision": precision}
+    key = checkpoint_key(model.name, model.config, model.spec, training)
+    return CheckpointSlot(Path(root) / f"{model.name}-{checkpoint_hash(key)}.safetensors", key)
 
 
 def save_checkpoint(model: Model, path: str | Path, key: dict, extra: dict | None = None) -> str:

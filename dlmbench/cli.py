@@ -1,4 +1,5 @@
-"""The ``dlmbench`` command line.
+"""The ``dlmbench`` command line (longer than 400 lines because it holds every
+sub-command; each is a thin shell over a module named for its work).
 
     dlmbench run --models elf,mdlm --steps 32,1024     # the main job
     dlmbench leaderboard runs/default -o leaderboard/README.md
@@ -7,6 +8,11 @@
 Heavy imports (torch, transformers) happen inside the commands so ``--help`` is fast.
 Errors the user can fix print one clear message and exit with a distinct code
 (2 config, 3 checkpoint, 4 hub unavailable); set ``DLMBENCH_DEBUG=1`` for tracebacks.
+
+This module is where process state becomes run state: it reads the operator's
+variables (``DLMBENCH_LOAD_PLUGINS``, ``DLMBENCH_DISABLE_PLUGIN_AUTOLOAD``,
+``DLMBENCH_ONLINE``, the ``HF_*`` switches), builds one plugin manager per invocation
+and one :class:`~dlmbench.context.RunContext` per command, and passes both on.
 """
 
 from __future__ import annotations
@@ -32,10 +38,60 @@ def _csv(value: str | None, field: str, cast=str) -> list | None:
         raise ConfigError(f"--{field} {value!r}: expected comma-separated {cast.__name__}s, e.g. --{field} 32,1024") from None
 
 
-def _registry(plugins: str | None):
-    from dlmbench.plugins import load_registry
+def _scan_plugins_flag(args: list[str]) -> str | None:
+    """The value of a sub-command's ``--plugins`` before click parses it, so that the one
+    plugin manager (which also supplies plugin sub-commands) honours it."""
+    for i, arg in enumerate(args):
+        if arg == "--plugins" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--plugins="):
+            return arg.split("=", 1)[1]
+    return None
 
-    return load_registry(only=_csv(plugins, "plugins"))
+
+def plugin_manager():
+    """This invocation's plugin manager, built once: entry points limited by ``--plugins``
+    (else ``DLMBENCH_LOAD_PLUGINS``), none with ``DLMBENCH_DISABLE_PLUGIN_AUTOLOAD``. A
+    plugin that failed to load is named on stderr, once; the others work."""
+    ctx = click.get_current_context()
+    obj = ctx.find_root().ensure_object(dict)
+    if "pm" not in obj:
+        from dlmbench.plugins import get_plugin_manager
+
+        flag = obj.get("plugins_flag")
+        env = os.environ.get("DLMBENCH_LOAD_PLUGINS")
+        only = _csv(flag, "plugins") if flag is not None else (_csv(env, "plugins") if env is not None else None)
+        autoload = not os.environ.get("DLMBENCH_DISABLE_PLUGIN_AUTOLOAD")
+        obj["pm"] = pm = get_plugin_manager(only=only, autoload=autoload)
+        for message in pm.failures.values():
+            click.echo(f"warning: {message}", err=True)
+    return obj["pm"]
+
+
+def _registry():
+    from dlmbench.plugins import build_registry
+
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    if "registry" not in obj:
+        obj["registry"] = build_registry(plugin_manager())
+    return obj["registry"]
+
+
+def run_context(config, join_world: bool = False):
+    """The command's run context: the config's cache and device, the hub's state (probed
+    once unless the user switched it off, or on with ``DLMBENCH_ONLINE=1``), and for the
+    commands that train or sample, the ``torchrun`` world."""
+    from dlmbench import distributed
+    from dlmbench.context import RunContext
+    from dlmbench.environment import hub_offline, hub_reachable, switch_hub_libraries_offline
+
+    offline, reason = hub_offline(), "HF_HUB_OFFLINE is set"
+    if not offline and os.environ.get("DLMBENCH_ONLINE") != "1" and not hub_reachable():
+        switch_hub_libraries_offline()  # the HF libraries then fail at once, not after minutes
+        offline, reason = True, "huggingface.co cannot be reached"
+    world = distributed.setup() if join_world else distributed.World()
+    return RunContext.create(cache=config.cache, device=config.device, offline=offline,
+                             offline_reason=reason if offline else None, world=world)
 
 
 def run_config_from_options(opts: dict[str, Any]):
@@ -60,7 +116,7 @@ def run_config_from_options(opts: dict[str, Any]):
         if opts.get(key):
             over[key] = opts[key]
     if opts.get("metrics"):
-        over["metrics"] = _csv(opts["metrics"], "metrics")
+        over["metrics"] = _csv(opts["metrics"], "metrics")  # NAME or NAME:KEY=VALUE:...
     if opts.get("precision"):
         over["precision"] = opts["precision"]
     if opts.get("compile"):
@@ -85,7 +141,8 @@ def run_options(f):
         click.option("--seq-len", type=int, help="Sequence length."),
         click.option("--batch-size", type=int, help="Training batch size."),
         click.option("--evaluator", help="Judge: oracle, or an evaluator LM name/path."),
-        click.option("--metrics", help="Comma-separated metric names (default: the task's)."),
+        click.option("--metrics", help="Comma-separated metrics (default: the task's), each NAME or "
+                                       "NAME:KEY=VALUE:..., e.g. gen-ppl,bleu:lowercase=true."),
         click.option("--config", type=click.Path(), help="YAML or TOML run config."),
         click.option("--set", "set", multiple=True, help="Override any field: --set budget.seq_len=64."),
         click.option("--name", help="Run name (results go to runs/NAME)."),
@@ -106,15 +163,19 @@ def run_options(f):
 
 
 class PluginCommandGroup(click.Group):
-    """Looks up plugin-provided sub-commands (``register_commands``) on demand."""
+    """Looks up plugin-provided sub-commands (``register_commands``) on demand, through
+    the invocation's one plugin manager."""
+
+    def resolve_command(self, ctx, args):
+        ctx.ensure_object(dict)["plugins_flag"] = _scan_plugins_flag(args[1:])
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is None and not getattr(self, "_plugins_loaded", False):
             self._plugins_loaded = True
-            from dlmbench.plugins import get_plugin_manager
-
-            get_plugin_manager().hook.register_commands(cli=self)
+            with ctx:
+                plugin_manager().hook.register_commands(cli=self)
             command = super().get_command(ctx, name)
         return command
 
@@ -127,13 +188,6 @@ def cli() -> None:
     Start with `dlmbench run` (trains tiny models offline on CPU and evaluates them),
     then `dlmbench leaderboard`. `dlmbench ls` lists models, samplers, metrics, tasks.
     """
-
-
-def _prepare_runtime() -> None:
-    from dlmbench.environment import set_hub_offline_if_unreachable
-
-    if set_hub_offline_if_unreachable():
-        os.environ.setdefault("DLMBENCH_HUB_OFFLINE_REASON", "hub unreachable")
 
 
 @cli.command()
@@ -153,19 +207,19 @@ def run(**opts: Any) -> None:
     --set budget.sample_batch_size=N (it changes the seeds, hence the samples).
     """
     config = run_config_from_options(opts)
-    _prepare_runtime()
     from dlmbench.leaderboard import render_markdown
-    from dlmbench.plugins import build_registry, get_plugin_manager, plugin_versions
+    from dlmbench.plugins import plugin_versions
     from dlmbench.results import load_records
     from dlmbench.runner import Runner
 
-    pm = get_plugin_manager(only=_csv(opts.get("plugins"), "plugins"))
-    registry = build_registry(pm)
+    registry = _registry()
     for entry in config.models:
         registry.model(entry.name)  # unknown names fail before any work, with a did-you-mean
-    runner = Runner(config, registry, plugin_versions(pm), echo=click.echo, progress=not opts["no_progress"])
+    context = run_context(config, join_world=True)
+    runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=click.echo,
+                    progress=not opts["no_progress"])
     records = runner.run()
-    if not runner.world.is_main:
+    if not context.world.is_main:
         return
     click.echo(summary_table(records))
     if opts["leaderboard"]:
@@ -174,7 +228,7 @@ def run(**opts: Any) -> None:
         path = config.out_dir / "leaderboard.md"
         path.write_text(render_markdown(cells, models, command=command))
         click.echo(f"results: {config.out_dir}/cells, leaderboard: {path}")
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in records if not r.ok]
     if failed:
         click.echo(f"{len(failed)} cell(s) failed; see the records for the errors", err=True)
         sys.exit(1)
@@ -185,11 +239,12 @@ def summary_table(records: list[dict]) -> str:
 
     rows = []
     for r in records:
-        metrics = ", ".join(f"{k}={v['value']:.4g}" for k, v in (r.get("metrics") or {}).items())
-        rows.append([r.get("label", r["model"]), r.get("steps"), r.get("seed"),
-                     f"{r.get('nfe', 0):g}" if r.get("status") == "ok" else "-",
-                     f"{r.get('wall_time_s', 0):.1f}" if r.get("status") == "ok" else "-",
-                     metrics if r.get("status") == "ok" else f"FAILED: {r.get('error', '')[:60]}"])
+        metrics = ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
+                            for k, v in r.metrics.items())
+        rows.append([r.label, r.steps, r.seed,
+                     f"{r.nfe or 0:g}" if r.ok else "-",
+                     f"{r.wall_time_s or 0:.1f}" if r.ok else "-",
+                     metrics if r.ok else f"FAILED: {(r.error or '')[:60]}"])
     return tabulate(rows, headers=["model/sampler", "steps", "seed", "NFE", "time (s)", "metrics"])
 
 
@@ -199,16 +254,17 @@ def summary_table(records: list[dict]) -> str:
 def train(**opts: Any) -> None:
     """Train each model under the budget's token count and cache its checkpoint."""
     config = run_config_from_options(opts)
-    _prepare_runtime()
-    from dlmbench.runner import Runner, build_model, build_task
+    from dlmbench.build import build_model, build_task
+    from dlmbench.runner import Runner
 
-    registry = _registry(opts.get("plugins"))
-    runner = Runner(config, registry, echo=click.echo, progress=not opts["no_progress"])
-    data = build_task(config, registry)
+    registry = _registry()
+    runner = Runner(config, registry, run_context(config, join_world=True), echo=click.echo,
+                    progress=not opts["no_progress"])
+    data = build_task(config, registry, runner.ctx)
     for entry in config.models:
         model = build_model(entry, config.preset, registry, data)
         runner.obtain(model, data)
-        click.echo(f"{entry.name}: {runner.checkpoint_path(model)[0]}")
+        click.echo(f"{entry.name}: {runner.checkpoint_slot(model).path}")
 
 
 @cli.command()
@@ -220,24 +276,23 @@ def train(**opts: Any) -> None:
 def sample(**opts: Any) -> None:
     """Print samples from a trained model (first --models entry, first --steps value)."""
     config = run_config_from_options(opts)
-    _prepare_runtime()
-    from dlmbench.checkpoint import load_checkpoint
-    from dlmbench.runner import Runner, build_model, build_sampler, build_task
+    from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.checkpoint import checkpoint_slot, load_checkpoint
     from dlmbench.sampling import generate, to_generation
 
-    registry = _registry(opts.get("plugins"))
-    data = build_task(config, registry)
+    registry = _registry()
+    context = run_context(config, join_world=True)
+    data = build_task(config, registry, context)
     entry = config.models[0]
     if opts.get("sampler"):
         entry = entry.model_copy(update={"sampler": opts["sampler"]})
-    runner = Runner(config, registry, echo=click.echo)
     model = build_model(entry, config.preset, registry, data)
-    path, key = runner.checkpoint_path(model)
     if opts.get("checkpoint"):
         load_checkpoint(model, opts["checkpoint"])
     else:
-        load_checkpoint(model, path, key)
-    model.to(runner.device)
+        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints)
+        load_checkpoint(model, slot.path, slot.key)
+    model.to(context.device)
     sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)
     steps = config.budget.steps[0]
     prefixes = data.eval_prefixes[: opts["count"]] if data.eval_prefixes is not None else None
@@ -265,27 +320,41 @@ def probe_batch(**opts: Any) -> None:
     generator seeds, so changing it changes the samples).
     """
     config = run_config_from_options(opts)
-    _prepare_runtime()
-    from dlmbench.environment import resolve_device
     from dlmbench.probe import probe, report
 
-    results = probe(config, _registry(opts.get("plugins")), steps=opts["probe_steps"], start=opts["start"],
+    context = run_context(config)
+    results = probe(config, _registry(), context, steps=opts["probe_steps"], start=opts["start"],
                     limit=opts["limit"], echo=click.echo)
-    click.echo(report(results, resolve_device(config.device)))
+    click.echo(report(results, context.device))
     if any(r.error for r in results):
         sys.exit(1)
 
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--metrics", required=True, help="Comma-separated metrics to (re)compute from stored samples.")
+@click.option("--metrics", required=True,
+              help="Comma-separated metrics to (re)compute from stored samples, each NAME or "
+                   "NAME:KEY=VALUE:..., e.g. bleu:lowercase=true.")
 @click.option("--plugins", help="Load only these plugin entry points.")
 def eval_(run_dir: str, metrics: str, plugins: str | None) -> None:
-    """Re-score the stored samples of a finished run with (other) metrics."""
-    _prepare_runtime()
-    from dlmbench.rescore import rescore
+    """Score the stored samples of a finished run with (other) metrics; samples nothing.
 
-    n = rescore(run_dir, _csv(metrics, "metrics"), _registry(plugins))
+    The run's own budget (evaluator), cache and device are used, from its run.json."""
+    from pydantic import ValidationError
+
+    from dlmbench.config import MetricEntry, RunConfig, explain
+    from dlmbench.rescore import rescore
+    from dlmbench.results import ResultStore
+
+    try:
+        entries = [MetricEntry.model_validate(m) for m in _csv(metrics, "metrics") or []]
+    except ValidationError as exc:
+        raise explain(exc, "--metrics") from None
+    run = ResultStore(run_dir).read_run()
+    if run is None:
+        raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
+    context = run_context(RunConfig.model_validate(run.config))
+    n = rescore(run_dir, entries, _registry(), context)
     click.echo(f"re-scored {n} cell(s) in {run_dir}")
 
 
@@ -323,17 +392,16 @@ def plugins(plugins: str | None) -> None:
     """List loaded plugins with version, location and hooks (JSON)."""
     from dataclasses import asdict
 
-    from dlmbench.plugins import describe_plugins, get_plugin_manager
+    from dlmbench.plugins import describe_plugins
 
-    pm = get_plugin_manager(only=_csv(plugins, "plugins"))
-    click.echo(json.dumps([asdict(p) for p in describe_plugins(pm)], indent=2))
+    click.echo(json.dumps([asdict(p) for p in describe_plugins(plugin_manager())], indent=2))
 
 
 @cli.command(name="ls")
 @click.option("--plugins", help="Load only these plugin entry points.")
 def ls(plugins: str | None) -> None:
     """List registered models (with samplers), metrics and tasks."""
-    registry = _registry(plugins)
+    registry = _registry()
     click.echo("models:")
     for name, cls in sorted(registry.models.items()):
         samplers = ", ".join(registry.samplers_for(name))
@@ -353,12 +421,13 @@ def ls(plugins: str | None) -> None:
 def validate_config(**opts: Any) -> None:
     """Resolve a config (preset, file, flags) and every name in it, without running."""
     config = run_config_from_options(opts)
-    from dlmbench.runner import build_model_config, build_sampler
+    from dlmbench.build import build_metric, build_model_config, build_sampler
+    from dlmbench.context import RunContext
 
-    registry = _registry(opts.get("plugins"))
+    registry = _registry()
     task_cls, _ = registry.task(config.task)
-    for name in config.metrics or []:
-        registry.metric(name)
+    for metric in config.metrics or []:
+        build_metric(metric, registry, config.budget.evaluator, RunContext(offline=True))
     for entry in config.models:
         build_model_config(entry, config.preset, registry)
         build_sampler(entry, registry, task_cls.conditional)

@@ -83,6 +83,39 @@ class ModelEntry(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+class MetricEntry(_Strict):
+    """One metric of a run with its options: ``bleu`` or ``{name: bleu, lowercase: true}``
+    in YAML, ``bleu:lowercase=true`` on the command line. Options are the metric's
+    ``Config`` fields, validated when the metric is built and recorded in every cell."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_forms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_metric(value)
+        if isinstance(value, dict) and "options" not in value:  # {name: bleu, lowercase: true}
+            return {"name": value.get("name"), "options": {k: v for k, v in value.items() if k != "name"}}
+        return value
+
+
+def parse_metric(text: str) -> dict[str, Any]:
+    """``bleu:lowercase=true:tokenize=13a`` -> ``{"name": "bleu", "options": {...}}``;
+    option values are parsed as YAML scalars."""
+    import yaml
+
+    name, *items = text.strip().split(":")
+    options: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"metric option {item!r} of {text!r}: write NAME:KEY=VALUE, e.g. bleu:lowercase=true")
+        options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return {"name": name.strip(), "options": options}
+
+
 class RunConfig(_Strict):
     """Everything ``dlmbench run`` needs; ``preset`` fills what is left unset."""
 
@@ -91,7 +124,7 @@ class RunConfig(_Strict):
     models: list[ModelEntry] = Field(min_length=1)
     task: str = "grammar"
     task_options: dict[str, Any] = Field(default_factory=dict)
-    metrics: list[str] | None = None
+    metrics: list[MetricEntry] | None = Field(None, description="metrics with options (default: the task's)")
     budget: Budget
     out: str | None = Field(None, description="results directory (default runs/<name>)")
     cache: str = Field(".dlmbench-cache", description="trained checkpoints are cached here")
@@ -130,7 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "evaluator": "oracle",
         },
     },
-    # Paper scale (mdlm_duo.md section 1; elf.md section 4). Not run in CI.
+    # Paper scale (MDLM, Sahoo et al. 2024, section 4.1 and Duo's OWT setup; ELF section 4). Not run in CI.
     "owt-small": {
         "task": "owt",
         "budget": {

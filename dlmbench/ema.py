@@ -1,6 +1,6 @@
 """Exponential moving average of weights, used for evaluation where the reference does.
 
-Both reference codebases (mdlm_duo.md section 1; elf.md section 4) evaluate EMA weights
+Both reference codebases (MDLM/Duo `configs/config.yaml`; ELF paper Table 4) evaluate EMA weights
 and warm the decay up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, which
 also keeps short CPU budgets meaningful.
 """

@@ -1,4 +1,8 @@
-"""Facts about where a result was produced, and the Hugging Face offline switch."""
+"""Facts about where a result was produced, and the Hugging Face offline switch.
+
+The one module (with the CLI) that reads process environment variables: the user's
+``HF_*`` switches are parsed here, once, into a :class:`~dlmbench.context.RunContext`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import platform
 import socket
 import subprocess
 from functools import lru_cache
+from typing import Mapping
 
 import torch
 
@@ -51,33 +56,48 @@ def versions(plugins: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+#: The values ``huggingface_hub`` reads as true (``constants._is_true``: upper-cased, not stripped).
+HUB_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.upper() in HUB_TRUE_VALUES
+
+
+def hub_offline(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the user switched the Hugging Face hub off, parsed as ``huggingface_hub``
+    does (``HF_HUB_OFFLINE``, falling back to ``TRANSFORMERS_OFFLINE`` when it is unset or
+    empty), or switched off ``datasets`` with ``HF_DATASETS_OFFLINE``.
+
+    The one offline check of dlmbench: components with a :class:`~dlmbench.RunContext`
+    read ``context.offline``, which the context took from here.
+    """
+    env = os.environ if env is None else env
+    return _is_true(env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE")) or _is_true(
+        env.get("HF_DATASETS_OFFLINE"))
+
+
 def hub_reachable(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
     try:
-        socket.setdefaulttimeout(timeout)
         with socket.create_connection((host, 443), timeout=timeout):
             return True
     except OSError:
         return False
-    finally:
-        socket.setdefaulttimeout(None)
 
 
-def set_hub_offline_if_unreachable() -> bool:
-    """Make hub look-ups fail fast (not after ~23 s of retries) when offline.
-
-    Respects an explicit ``HF_HUB_OFFLINE`` and ``DLMBENCH_ONLINE=1``. Returns True
-    when the offline switches are (now) set.
-    """
-    if os.environ.get("DLMBENCH_ONLINE") == "1":
-        return False
-    if "HF_HUB_OFFLINE" in os.environ:
-        return os.environ["HF_HUB_OFFLINE"] not in ("0", "")
-    if hub_reachable():
-        return False
+def switch_hub_libraries_offline() -> None:
+    """Tell ``huggingface_hub``, ``transformers`` and ``datasets`` to fail at once instead
+    of retrying for minutes. Only the CLI calls this, when the hub cannot be reached."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    return True
+        os.environ[var] = "1"
+    import importlib
+    import sys
 
+    for mod, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                       ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+        if mod in sys.modules:  # read once at import: set the flag of an imported module too
+            m = importlib.import_module(mod)
+            for name in names:
+                if hasattr(m, name):
+                    setattr(m, name, True)
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")

@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from dlmbench.context import RunContext
 from dlmbench.data import Generation
+from dlmbench.records import MetricResult
 from dlmbench.task import TaskData
 
 
@@ -49,8 +51,10 @@ class Metric:
     """Base class of every metric plugin.
 
     Class attributes: ``name``, ``higher_is_better``, ``description`` and ``Config``.
-    ``requires_oracle`` names the ``TaskData.oracle`` type a metric needs (or None);
-    the runner skips metrics whose task cannot serve them, with a reason.
+    :meth:`applies_to` says whether a task can serve the metric; the runner leaves out
+    those that cannot. ``context`` is the run's :class:`~dlmbench.context.RunContext`:
+    a metric that loads or trains an evaluator caches it under ``context.evaluators``
+    and contacts the hub only when ``context.offline`` is False.
     """
 
     name: ClassVar[str] = ""
@@ -58,8 +62,10 @@ class Metric:
     description: ClassVar[str] = ""
     Config: ClassVar[type[MetricConfig]] = MetricConfig
 
-    def __init__(self, config: MetricConfig | None = None):
+    def __init__(self, config: MetricConfig | None = None, context: RunContext | None = None):
         self.config = config if config is not None else self.Config()
+        # without a run's context: the default cache, and the user's own HF_* switches
+        self.context = context if context is not None else RunContext.create(device="cpu")
 
     def applies_to(self, task: TaskData) -> bool:
         """Whether this metric can score ``task`` (e.g. BLEU needs references)."""
@@ -69,16 +75,18 @@ class Metric:
         raise NotImplementedError
 
 
-def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> dict[str, Any]:
-    """``{name: {value, stderr, higher_is_better, config, details}}`` as stored in records."""
+def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> dict[str, MetricResult]:
+    """Each metric's result with its settings, as stored in cell records."""
     out = {}
     for metric in metrics:
         value = metric.compute(generation, task)
-        out[metric.name] = {
-            "value": value.value,
-            "stderr": value.stderr,
-            "higher_is_better": metric.higher_is_better,
-            "config": metric.config.model_dump(mode="json"),
-            "details": value.details,
-        }
+        out[metric.name] = MetricResult(
+            value=value.value, stderr=value.stderr, higher_is_better=metric.higher_is_better,
+            config=metric.config.model_dump(mode="json"), details=value.details,
+        )
     return out
+
+
+def scored_alike(result: MetricResult, metric: Metric) -> bool:
+    """Whether a stored result was computed by ``metric`` with the same settings."""
+    return result.config == metric.config.model_dump(mode="json")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from dlmbench.config import ModelEntry, RunConfig
+from dlmbench.context import RunContext
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -118,17 +119,16 @@ def probe_model(model, sampler, data, device: torch.device, *, steps: int = 2, s
     return result
 
 
-def probe(config: RunConfig, registry, *, steps: int = 2, start: int = 1, limit: int = 4096,
-          echo: Callable[[str], None] = print) -> list[ProbeResult]:
+def probe(config: RunConfig, registry, context: RunContext, *, steps: int = 2, start: int = 1,
+          limit: int = 4096, echo: Callable[[str], None] = print) -> list[ProbeResult]:
     """Probe every model of ``config``, built as the runner builds it (untrained weights:
     memory does not depend on their values)."""
-    from dlmbench.environment import resolve_device
+    from dlmbench.build import build_model, build_sampler, build_task
     from dlmbench.errors import ConfigError
-    from dlmbench.runner import build_model, build_sampler, build_task
     from dlmbench.training import compile_network
 
-    device = resolve_device(config.device)
-    data = build_task(config, registry)
+    device = context.device
+    data = build_task(config, registry, context)
     results = []
     for entry in config.models:
         label = _label(entry)

@@ -1,35 +1,70 @@
-"""Re-scoring stored samples with (new) metrics, without sampling again."""
+"""Scoring stored samples with (other) metrics, without sampling again.
+
+``dlmbench eval`` and a re-run that asks for one more metric both come here: the cell's
+samples are read back from ``samples/<cell_id>.jsonl`` (the held-out data row is rebuilt
+from the task), scored, and the record rewritten with the new results beside the old.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from dlmbench.config import RunConfig
-from dlmbench.metric import score_all
+from dlmbench.build import build_metrics, build_task
+from dlmbench.config import MetricEntry, RunConfig
+from dlmbench.context import RunContext
+from dlmbench.data import Generation
+from dlmbench.errors import ConfigError
+from dlmbench.metric import Metric, score_all, scored_alike
+from dlmbench.records import CellRecord
 from dlmbench.registry import Registry
 from dlmbench.results import ResultStore
-from dlmbench.runner import build_task
 from dlmbench.sampling import to_generation
+from dlmbench.task import TaskData
 
 
-def rescore(run_dir: str | Path, metric_names: list[str], registry: Registry) -> int:
-    """Add or replace ``metric_names`` in every finished cell of ``run_dir``."""
+def stored_generation(store: ResultStore, record: CellRecord, data: TaskData) -> Generation:
+    """The generation a finished cell scored: its stored samples, or for the held-out data
+    row the task's validation rows, whose targets are also the references."""
+    if record.is_reference:
+        ids = data.valid[: record.num_samples]
+    else:
+        ids = torch.tensor([r["ids"] for r in store.read_samples(record.cell_id)], dtype=torch.long)
+    generation = to_generation(ids, data.tokenizer, data.spec.prefix_len, data)
+    if record.is_reference and data.references is not None:
+        generation.references = [data.tokenizer.decode(t) for t in generation.tokens]
+    return generation
+
+
+def score_missing(store: ResultStore, record: CellRecord, metrics: list[Metric], data: TaskData,
+                  replace: bool = False) -> CellRecord:
+    """``record`` with every metric it lacks (or holds with other settings) scored from its
+    stored samples; ``replace`` rescores all of ``metrics``. Rewrites the record if it changed."""
+    todo = [m for m in metrics
+            if replace or m.name not in record.metrics or not scored_alike(record.metrics[m.name], m)]
+    if not todo:
+        return record
+    scores = score_all(todo, stored_generation(store, record, data), data)
+    record = record.model_copy(update={"metrics": {**record.metrics, **scores}})
+    store.write_cell(record)
+    return record
+
+
+def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry, context: RunContext) -> int:
+    """Score every finished cell of ``run_dir`` with ``entries`` (replacing results of the
+    same names); returns how many cells were scored."""
     store = ResultStore(Path(run_dir))
-    config = RunConfig.model_validate(json.loads((store.root / "run.json").read_text())["config"])
-    data = build_task(config, registry)
-    metrics = [registry.metric(n)() for n in metric_names]
-    metrics = [m for m in metrics if m.applies_to(data)]
+    run = store.read_run()
+    if run is None:
+        raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
+    store.migrate()
+    config = RunConfig.model_validate(run.config)
+    data = build_task(config, registry, context)
+    metrics = build_metrics(entries, registry, data, config.budget.evaluator, context)
     count = 0
     for record in store.records():
-        if record.get("status") != "ok" or record["model"] == "data":
-            continue
-        rows = store.read_samples(record["cell_id"])
-        ids = torch.tensor([r["ids"] for r in rows], dtype=torch.long)
-        generation = to_generation(ids, data.tokenizer, data.spec.prefix_len, data)
-        record["metrics"].update(score_all(metrics, generation, data))
-        store.write_cell(record)
-        count += 1
+        if record.ok:
+            score_missing(store, record, metrics, data, replace=True)
+            count += 1
     return count

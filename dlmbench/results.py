@@ -2,84 +2,47 @@
 
 Layout of a run directory::
 
-    cells/<cell_id>.json        one record per (model, sampler+settings, steps, task, seed)
+    cells/<cell_id>.json        one CellRecord per (model, sampler+settings, steps, task, seed)
     samples/<cell_id>.jsonl     the samples of that cell (written before the record)
-    models/<model>-<hash>.json  training report and likelihood bound of each model
-    run.json                    the resolved run config
+    models/<model>-<hash>.json  the ModelRecord of each checkpoint sampled from
+    run.json                    the RunRecord: the resolved run config
 
-A cell id is a hash of the cell's identity, so a re-run finds finished cells by name and
-skips them; a crash (even ``kill -9``) mid-write leaves at most a stray temp file, never
-a torn or duplicated record. Records follow :data:`RECORD_FIELDS` (documented in the
-README, in the spirit of lm-eval-harness's result schema).
+A cell id is a hash of the cell's identity (:class:`~dlmbench.records.CellIdentity`), so a
+re-run finds finished cells by name and skips them; a crash (even ``kill -9``) mid-write
+leaves at most a stray temp file, never a torn or duplicated record. Every record is
+validated against :mod:`dlmbench.records` when written and when read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from dlmbench.atomic import write_text_atomic
-from dlmbench.config import stable_hash
+from dlmbench.records import SCHEMA_VERSION, CellIdentity, CellRecord, ModelRecord, RunRecord
 
-SCHEMA_VERSION = 1
-
-RECORD_FIELDS = {
-    "schema": "record schema version",
-    "cell_id": "hash of the cell identity",
-    "status": "'ok' or 'error'",
-    "error": "the exception text when status is 'error'",
-    "run": "run name",
-    "model": "model name",
-    "label": "row name in tables",
-    "model_config": "the model's resolved options",
-    "checkpoint_hash": "hash stamped into the checkpoint the samples came from",
-    "sampler": "sampler name",
-    "sampler_settings": "the sampler's resolved settings",
-    "steps": "sampling step budget",
-    "nfe": "measured function evaluations per sample (core-counted)",
-    "max_nfe": "the sampler's declared bound for these steps",
-    "task": "task name (with argument)",
-    "task_fingerprint": "hash of the tokenized data",
-    "seed": "sampling seed",
-    "num_samples": "samples scored",
-    "metrics": "{name: {value, stderr, higher_is_better, details}}",
-    "budget": "the run's shared budget",
-    "budget_hash": "hash of the budget (tables group by it)",
-    "train_tokens": "tokens the model was trained on (batch x seq_len x steps)",
-    "wall_time_s": "sampling wall time of the cell",
-    "score_time_s": "scoring wall time of the cell",
-    "device": "device the cell ran on",
-    "precision": "'fp32' or 'bf16' (autocast in training and sampling)",
-    "compile": "whether the network's blocks ran under torch.compile",
-    "versions": "python, torch, dlmbench and plugin versions",
-    "git_revision": "git revision of the working tree, if any",
-    "created": "UTC timestamp",
-}
+R = TypeVar("R", bound=BaseModel)
 
 
-def cell_identity(
-    run: str, model: str, model_hash: str, sampler: str, sampler_settings: dict, steps: int,
-    task: str, seed: int, budget_hash: str, metrics: Iterable[str],
-) -> dict[str, Any]:
-    return {
-        "run": run,
-        "model": model,
-        "model_hash": model_hash,
-        "sampler": sampler,
-        "sampler_settings": sampler_settings,
-        "steps": steps,
-        "task": task,
-        "seed": seed,
-        "budget_hash": budget_hash,
-        "metrics": sorted(metrics),
-    }
+class RecordWarning(UserWarning):
+    """A stored record could not be read; it is left out (and its cell recomputed)."""
 
 
-def cell_id(identity: dict[str, Any]) -> str:
-    readable = f"{identity['model']}-{identity['sampler']}-steps{identity['steps']}-seed{identity['seed']}"
-    return f"{readable}-{stable_hash(identity, n=10)}"
+def _read(path: Path, kind: type[R]) -> R | None:
+    try:
+        return kind.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warnings.warn(f"{path}: not a valid {kind.__name__} ({first}); left out", RecordWarning, stacklevel=3)
+        return None
 
 
 @dataclass
@@ -96,61 +59,79 @@ class ResultStore:
         return self.root / "samples" / f"{cid}.jsonl"
 
     def is_done(self, cid: str) -> bool:
-        """A cell is done when its record exists, parses and has status 'ok'."""
+        """A cell is done when its record exists, validates and has status 'ok'."""
         record = self.read(cid)
-        return record is not None and record.get("status") == "ok"
+        return record is not None and record.ok
 
-    def read(self, cid: str) -> dict[str, Any] | None:
-        path = self.cell_path(cid)
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None
+    def read(self, cid: str) -> CellRecord | None:
+        return _read(self.cell_path(cid), CellRecord)
 
     def write_samples(self, cid: str, rows: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
         write_text_atomic(self.samples_path(cid), text)
-
-    def write_cell(self, record: dict[str, Any]) -> None:
-        record = {"schema": SCHEMA_VERSION, **record}
-        write_text_atomic(self.cell_path(record["cell_id"]), json.dumps(record, indent=1, sort_keys=True))
-
-    def write_json(self, relative: str, data: dict[str, Any]) -> None:
-        write_text_atomic(self.root / relative, json.dumps(data, indent=1, sort_keys=True))
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for path in sorted((self.root / "cells").glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except json.JSONDecodeError:
-                continue
-        return out
-
-    def model_records(self) -> list[dict[str, Any]]:
-        out = []
-        for path in sorted((self.root / "models").glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except json.JSONDecodeError:
-                continue
-        return out
 
     def read_samples(self, cid: str) -> list[dict[str, Any]]:
         path = self.samples_path(cid)
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def write_cell(self, record: CellRecord) -> None:
+        write_text_atomic(self.cell_path(record.cell_id), record.to_json())
 
-def load_records(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
+    def write_model(self, record: ModelRecord) -> None:
+        write_text_atomic(self.root / "models" / f"{record.model}-{record.checkpoint_hash}.json", record.to_json())
+
+    def has_model(self, model: str, checkpoint_hash: str) -> bool:
+        return (self.root / "models" / f"{model}-{checkpoint_hash}.json").exists()
+
+    def write_run(self, record: RunRecord) -> None:
+        write_text_atomic(self.root / "run.json", record.to_json())
+
+    def read_run(self) -> RunRecord | None:
+        return _read(self.root / "run.json", RunRecord)
+
+    def records(self) -> list[CellRecord]:
+        return [r for p in sorted((self.root / "cells").glob("*.json")) if (r := _read(p, CellRecord))]
+
+    def model_records(self) -> list[ModelRecord]:
+        return [r for p in sorted((self.root / "models").glob("*.json")) if (r := _read(p, ModelRecord))]
+
+    def migrate(self) -> int:
+        """Rename schema-1 cells to their schema-2 ids (metric names left out of the
+        identity); returns how many moved. A crash midway is safe: a re-run finishes it."""
+        moved = 0
+        for path in sorted((self.root / "cells").glob("*.json")):
+            record = _read(path, CellRecord)
+            if record is None or record.schema_version >= SCHEMA_VERSION:
+                continue
+            model_hash = record.task_fingerprint if record.is_reference else record.checkpoint_hash
+            if model_hash is None:  # a plugin that could not even build: its cells are retried
+                path.rename(path.with_name(path.name + ".schema1"))
+                continue
+            identity = CellIdentity(run=record.run, model=record.model, model_hash=model_hash,
+                                    sampler=record.sampler, sampler_settings=record.sampler_settings,
+                                    steps=record.steps, task=record.task, seed=record.seed,
+                                    budget_hash=record.budget_hash)
+            new = record.model_copy(update={"cell_id": identity.cell_id, "schema_version": SCHEMA_VERSION})
+            old_samples, new_samples = self.samples_path(record.cell_id), self.samples_path(new.cell_id)
+            if old_samples.exists():
+                write_text_atomic(new_samples, old_samples.read_text())
+            self.write_cell(new)
+            os.unlink(path)
+            if old_samples.exists():
+                os.unlink(old_samples)
+            moved += 1
+        return moved
+
+
+def load_records(paths: Iterable[str | Path]) -> tuple[list[CellRecord], list[ModelRecord]]:
     """Cell and model records from run directories (or single cell JSON files)."""
-    cells: list[dict] = []
-    models: list[dict] = []
+    cells: list[CellRecord] = []
+    models: list[ModelRecord] = []
     for p in paths:
         p = Path(p)
         if p.is_file():
-            cells.append(json.loads(p.read_text()))
+            if (record := _read(p, CellRecord)) is not None:
+                cells.append(record)
             continue
         roots = [p] if (p / "cells").is_dir() else sorted(q.parent for q in p.glob("*/cells"))
         for root in roots:

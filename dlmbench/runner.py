@@ -2,143 +2,87 @@
 ``model x steps x seed`` cell, writing each record the moment it is finished.
 
 A failure inside one plugin (building, training, sampling or scoring) fails only that
-plugin's cells, with the error recorded; the other cells still run.
+plugin's cells, with the error recorded; the other cells still run. A finished cell that
+lacks a metric the run asks for is scored from its stored samples, never re-sampled.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from dlmbench import distributed
 from dlmbench.atomic import write_text_atomic
-from dlmbench.checkpoint import checkpoint_hash, checkpoint_key, load_checkpoint, save_checkpoint
-from dlmbench.config import ModelEntry, RunConfig, explain, model_preset, stable_hash
+from dlmbench.build import build_metrics, build_model, build_sampler, build_task, metric_entries
+from dlmbench.checkpoint import CheckpointSlot, checkpoint_slot, load_checkpoint, save_checkpoint
+from dlmbench.config import ModelEntry, RunConfig, stable_hash
+from dlmbench.context import RunContext
 from dlmbench.data import Batch
-from dlmbench.environment import describe_device, git_revision, hub_offline, resolve_device, versions
-from dlmbench.metrics.proxy import PROXY
+from dlmbench.environment import describe_device, git_revision, versions
 from dlmbench.errors import CheckpointError, ConfigError
 from dlmbench.metric import Metric, score_all
-from dlmbench.model import Model, ModelConfig
+from dlmbench.model import Model
+from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
 from dlmbench.registry import Registry
-from dlmbench.results import ResultStore, cell_id, cell_identity
+from dlmbench.rescore import score_missing, stored_generation
+from dlmbench.results import ResultStore
 from dlmbench.sampler import Sampler
 from dlmbench.sampling import generate, to_generation
 from dlmbench.task import TaskData
 from dlmbench.training import compile_network, fit
 
 
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def build_task(config: RunConfig, registry: Registry) -> TaskData:
-    task_cls, argument = registry.task(config.task)
-    try:
-        task_config = task_cls.Config(**config.task_options)
-    except ValidationError as exc:
-        raise explain(exc, f"task_options for {task_cls.name!r}") from None
-    task = task_cls(task_config, argument)
-    b = config.budget
-    return task.load(seq_len=b.seq_len, num_eval=b.num_samples, seed=b.data_seed)
-
-
-def build_metrics(config: RunConfig, registry: Registry, data: TaskData, task_defaults: tuple[str, ...]) -> list[Metric]:
-    names = config.metrics if config.metrics is not None else list(task_defaults)
-    metrics = []
-    for name in names:
-        cls = registry.metric(name)
-        options = {}
-        if "evaluator" in cls.Config.model_fields:
-            evaluator = config.budget.evaluator
-            if evaluator == "oracle":  # the task's exact judge; LM-based metrics need an LM
-                evaluator = PROXY if hub_offline() else cls.Config.model_fields["evaluator"].default
-            options["evaluator"] = evaluator
-        metric = cls(cls.Config(**options))
-        if metric.applies_to(data):
-            metrics.append(metric)
-    return metrics
-
-
-def build_model_config(entry: ModelEntry, run_preset: str, registry: Registry) -> ModelConfig:
-    """The entry's model config: its own preset (which must exist), else the run preset's
-    choice for this model (skipped when the plugin lacks it), then the entry's options."""
-    cls = registry.model(entry.name)
-    preset = entry.preset
-    if preset is None:
-        preset = model_preset(run_preset, entry.name)
-        if preset not in cls.Config.presets:
-            preset = None  # a plugin without this preset keeps its defaults
-    try:
-        return cls.Config.from_preset(preset, **entry.options)
-    except ValidationError as exc:
-        raise explain(exc, f"options for model {entry.name!r}") from None
-
-
-def build_model(entry: ModelEntry, run_preset: str, registry: Registry, data: TaskData) -> Model:
-    return registry.model(entry.name)(build_model_config(entry, run_preset, registry), data.spec)
-
-
-def build_sampler(entry: ModelEntry, registry: Registry, conditional: bool = False) -> Sampler:
-    cls = registry.sampler(entry.name, entry.sampler, conditional)
-    try:
-        return cls(cls.Config(**entry.sampler_options))
-    except ValidationError as exc:
-        raise explain(exc, f"sampler options for {entry.name}/{cls.name}") from None
-
-
 @dataclass
 class Runner:
+    """One run: ``config`` says what to evaluate, ``context`` where and on what. Without
+    a context, one is built from the config's ``cache`` and ``device``, joining the
+    ``torchrun`` world when there is one (a run trains and samples)."""
+
     config: RunConfig
     registry: Registry
+    context: RunContext | None = None
     plugin_versions: dict[str, str] = field(default_factory=dict)
     echo: Callable[[str], None] = print
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.world = distributed.setup()
+        if self.context is None:
+            self.context = RunContext.create(cache=self.config.cache, device=self.config.device,
+                                             world=distributed.setup())
+        self.ctx: RunContext = self.context
+        self.world = self.ctx.world
+        self.device = self.ctx.device
         self.store = ResultStore(self.config.out_dir)
-        self.device = resolve_device(self.config.device)
-        if self.device.type == "cuda" and self.world.size > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.cache = Path(self.config.cache)
-        os.environ.setdefault("DLMBENCH_CACHE", str(self.cache))  # tasks cache built data there too
         if not self.world.is_main:  # one voice and one writer: rank 0
             self.echo, self.progress = (lambda *_: None), False
 
     # -- training ---------------------------------------------------------------------------
-    def checkpoint_path(self, model: Model) -> tuple[Path, dict]:
-        training = self.config.budget.training_key()
-        if self.config.precision != "fp32":  # bf16 trains other weights; fp32 keys stay as before
-            training = {**training, "precision": self.config.precision}
-        key = checkpoint_key(model.name, model.config, model.spec, training)
-        return self.cache / "checkpoints" / f"{model.name}-{checkpoint_hash(key)}.safetensors", key
+    def checkpoint_slot(self, model: Model) -> CheckpointSlot:
+        return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints)
 
-    def obtain(self, model: Model, data: TaskData) -> tuple[Model, str]:
+    def obtain(self, model: Model, data: TaskData) -> Model:
         """Load the cached checkpoint for this exact setup, or train and cache it."""
-        path, key = self.checkpoint_path(model)
-        digest = checkpoint_hash(key)
-        if path.exists():
-            load_checkpoint(model, path, key)
-            self.echo(f"[{model.name}] reusing checkpoint {path}")
-            self.record_reused_model(model, path, digest)
-            model.to(self.device)
-            if self.config.compile:
-                compile_network(model)
-            return model, digest
+        slot = self.checkpoint_slot(model)
+        if slot.path.exists():
+            load_checkpoint(model, slot.path, slot.key)
+            self.echo(f"[{model.name}] reusing checkpoint {slot.path}")
+            self.record_reused_model(slot)
+        else:
+            self.train(model, data, slot)
         model.to(self.device)
         if self.config.compile:
             compile_network(model)  # children of model.network only: NFE hooks stay eager
+        return model
+
+    def train(self, model: Model, data: TaskData, slot: CheckpointSlot) -> None:
+        model.to(self.device)
+        if self.config.compile:
+            compile_network(model)
         b = self.config.budget
         steps = b.train_steps
         self.echo(
@@ -164,48 +108,38 @@ class Runner:
         bound = self.likelihood_bound(model, data)
         if not self.world.is_main:
             distributed.barrier()  # wait for rank 0's checkpoint
-            return model, digest
-        save_checkpoint(model, path, key, extra={"train_seconds": report.seconds})
-        record = {
-            "model": model.name,
-            "checkpoint_hash": digest,
-            "model_config": model.config.model_dump(mode="json"),
-            "train_steps": report.steps,
-            "train_tokens": report.tokens,
-            "train_seconds": report.seconds,
-            "precision": self.config.precision,
-            "compile": self.config.compile,
-            "first_step_seconds": report.first_step_seconds,
-            "median_step_seconds": report.median_step_seconds,
-            **({"compile_seconds": report.compile_seconds} if self.config.compile else {}),
-            "first_loss": report.losses[0] if report.losses else None,
-            "final_loss": sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
-            "parameters": sum(p.numel() for p in model.trainable_parameters()),
-            "likelihood_bound": bound,
-            **({"prepared": report.prepared} if report.prepared else {}),
-            "task": self.config.task,
-            "budget_hash": self.config.budget_hash(),
-            "device": describe_device(self.device),
-            "created": now(),
-        }
-        write_text_atomic(path.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True))
-        self.store.write_json(f"models/{model.name}-{digest}.json", record)
+            return
+        save_checkpoint(model, slot.path, slot.key, extra={"train_seconds": report.seconds})
+        record = ModelRecord(
+            model=model.name, checkpoint_hash=slot.digest, model_config=model.config.model_dump(mode="json"),
+            train_steps=report.steps, train_tokens=report.tokens, train_seconds=report.seconds,
+            precision=self.config.precision, compile=self.config.compile,
+            first_step_seconds=report.first_step_seconds, median_step_seconds=report.median_step_seconds,
+            compile_seconds=report.compile_seconds if self.config.compile else None,
+            first_loss=report.losses[0] if report.losses else None,
+            final_loss=sum(report.losses[-50:]) / max(len(report.losses[-50:]), 1),
+            parameters=sum(p.numel() for p in model.trainable_parameters()),
+            likelihood_bound=bound, prepared=report.prepared or None,
+            task=self.config.task, budget_hash=self.config.budget_hash(), device=describe_device(self.device),
+        )
+        write_text_atomic(slot.record_path, record.to_json())
+        self.store.write_model(record)
         self.echo(f"[{model.name}] trained in {report.seconds:.0f}s, final loss {report.losses[-1]:.3f}")
         distributed.barrier()
-        return model, digest
 
-    def record_reused_model(self, model: Model, path: Path, digest: str) -> None:
+    def record_reused_model(self, slot: CheckpointSlot) -> None:
         """Give this run the model record of a cached checkpoint (its training facts are in
         the JSON beside it), so its tables show training and likelihood bounds too."""
-        sidecar, target = path.with_suffix(".json"), f"models/{model.name}-{digest}.json"
-        if not self.world.is_main or not sidecar.exists() or (self.store.root / target).exists():
+        if not self.world.is_main or not slot.record_path.exists():
             return
-        record = json.loads(sidecar.read_text())
-        record.update(task=self.config.task, budget_hash=self.config.budget_hash(), reused_checkpoint=str(path))
-        self.store.write_json(target, record)
+        record = ModelRecord.model_validate_json(slot.record_path.read_bytes())
+        if self.store.has_model(record.model, record.checkpoint_hash):
+            return
+        self.store.write_model(record.model_copy(update={
+            "task": self.config.task, "budget_hash": self.config.budget_hash(), "reused_checkpoint": str(slot.path)}))
 
     @torch.no_grad()
-    def likelihood_bound(self, model: Model, data: TaskData, max_rows: int = 512) -> dict[str, Any] | None:
+    def likelihood_bound(self, model: Model, data: TaskData, max_rows: int = 512) -> LikelihoodBound | None:
         """Validation NELBO per token and its perplexity bound, for models that have one."""
         rows = data.valid[:max_rows].to(self.device)
         torch.manual_seed(self.config.budget.train_seed)
@@ -217,16 +151,18 @@ class Runner:
             total += float(nelbo.sum())
             count += nelbo.numel() * (data.spec.seq_len - data.spec.prefix_len)
         per_token = total / count
-        return {"nelbo_per_token": per_token, "ppl_bound": float(torch.tensor(per_token).exp()), "rows": int(rows.shape[0])}
+        return LikelihoodBound(nelbo_per_token=per_token, ppl_bound=float(torch.tensor(per_token).exp()),
+                               rows=int(rows.shape[0]))
 
     # -- evaluation -------------------------------------------------------------------------
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[CellRecord]:
         cfg = self.config
-        data = build_task(cfg, self.registry)
-        task_cls, _ = self.registry.task(cfg.task)
-        metrics = build_metrics(cfg, self.registry, data, task_cls.default_metrics)
+        data = build_task(cfg, self.registry, self.ctx)
+        metrics = build_metrics(metric_entries(cfg, self.registry), self.registry, data, cfg.budget.evaluator,
+                                self.ctx)
         if self.world.is_main:
-            self.store.write_json("run.json", {"config": cfg.model_dump(mode="json"), "created": now()})
+            self.store.migrate()
+            self.store.write_run(RunRecord(config=cfg.model_dump(mode="json")))
         self.echo(
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
             f"metrics {', '.join(m.name for m in metrics)}"
@@ -234,48 +170,47 @@ class Runner:
         records = [self.reference_cell(data, metrics)] if self.world.is_main else []
         for entry in cfg.models:
             records.extend(self.run_model(entry, data, metrics))
-        return [r for r in records if r] if self.world.is_main else []
+        return records if self.world.is_main else []
 
-    def base_record(self, data: TaskData) -> dict[str, Any]:
+    def identity(self, model: str, model_hash: str, sampler: str, settings: dict, steps: int, seed: int) -> CellIdentity:
+        return CellIdentity(run=self.config.name, model=model, model_hash=model_hash, sampler=sampler,
+                            sampler_settings=settings, steps=steps, task=self.config.task, seed=seed,
+                            budget_hash=self.config.budget_hash())
+
+    def base_fields(self, data: TaskData) -> dict:
+        """The fields every cell record of this run shares."""
         return {
-            "run": self.config.name,
-            "task": self.config.task,
-            "task_fingerprint": data.fingerprint(),
-            "budget": self.config.budget.model_dump(mode="json"),
-            "budget_hash": self.config.budget_hash(),
-            "device": describe_device(self.device),
-            "versions": versions(self.plugin_versions),
+            "run": self.config.name, "task": self.config.task, "task_fingerprint": data.fingerprint(),
+            "budget": self.config.budget, "budget_hash": self.config.budget_hash(),
+            "device": describe_device(self.device), "versions": versions(self.plugin_versions),
             "git_revision": git_revision(),
         }
 
-    def fast_path(self) -> dict[str, Any]:
-        """How a model's cells were computed (the held-out data cell has none)."""
-        return {"precision": self.config.precision, "compile": self.config.compile}
+    def finished(self, cid: str, metrics: list[Metric], data: TaskData) -> CellRecord | None:
+        """The finished record of ``cid``, scored for any metric it lacks; None if not done."""
+        record = self.store.read(cid)
+        if record is None or not record.ok:
+            return None
+        return score_missing(self.store, record, metrics, data)
 
-    def reference_cell(self, data: TaskData, metrics: list[Metric]) -> dict[str, Any] | None:
+    def reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
         """Score held-out data with the same metrics: the row every model is read against."""
         b = self.config.budget
-        identity = cell_identity(self.config.name, "data", data.fingerprint(), "held-out", {}, 0,
-                                 self.config.task, b.data_seed, self.config.budget_hash(), [m.name for m in metrics])
-        cid = cell_id(identity)
-        if self.store.is_done(cid):
-            return self.store.read(cid)
+        cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
+        if (done := self.finished(cid, metrics, data)) is not None:
+            return done
         ids = data.valid[: b.num_samples]
-        generation = to_generation(ids, data.tokenizer, data.spec.prefix_len, data)
-        if data.references is not None:  # conditional: held-out targets are the references
-            generation.references = [data.tokenizer.decode(t) for t in generation.tokens]
-        record = {
-            **self.base_record(data), "cell_id": cid, "status": "ok", "model": "data", "label": "data (held-out)",
-            "sampler": "held-out", "sampler_settings": {}, "steps": 0, "nfe": 0.0, "seed": b.data_seed,
-            "num_samples": int(ids.shape[0]), "wall_time_s": 0.0,
-            "metrics": score_all(metrics, generation, data), "created": now(),
-        }
+        record = CellRecord(
+            **self.base_fields(data), cell_id=cid, status="ok", model="data", label="data (held-out)",
+            sampler="held-out", steps=0, nfe=0.0, seed=b.data_seed, num_samples=int(ids.shape[0]),
+            wall_time_s=0.0,
+        )
+        record = record.model_copy(update={"metrics": score_all(metrics, stored_generation(self.store, record, data), data)})
         self.store.write_cell(record)
         return record
 
-    def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric]) -> list[dict[str, Any]]:
+    def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric]) -> list[CellRecord]:
         cfg, b = self.config, self.config.budget
-        records: list[dict[str, Any]] = []
         try:
             torch.manual_seed(b.train_seed)  # the initial weights must not depend on what ran before
             model = build_model(entry, cfg.preset, self.registry, data)
@@ -283,64 +218,60 @@ class Runner:
         except ConfigError:
             raise  # a configuration error stops the run: nothing would be comparable
         except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build fails its cells
-            return self.fail_unbuildable(entry, data, metrics, exc)
-        ckpt_hash = checkpoint_hash(self.checkpoint_path(model)[1])
+            return self.fail_unbuildable(entry, data, exc)
+        slot = self.checkpoint_slot(model)
         label = entry.label or f"{entry.name}/{sampler.name}"
         settings = sampler.config.model_dump(mode="json")
-        cells = []
-        for steps in b.steps:
-            for seed in b.seeds:
-                identity = cell_identity(cfg.name, entry.name, ckpt_hash, sampler.name, settings, steps,
-                                         cfg.task, seed, cfg.budget_hash(), [m.name for m in metrics])
-                cells.append((steps, seed, cell_id(identity)))
-        todo = distributed.gather_objects([c for c in cells if not self.store.is_done(c[2])])[0]
-        records.extend(self.store.read(c[2]) for c in cells if c not in todo)
+        cells = [(steps, seed, self.identity(entry.name, slot.digest, sampler.name, settings, steps, seed).cell_id)
+                 for steps in b.steps for seed in b.seeds]
+        done = {c: self.finished(c[2], metrics, data) for c in cells} if self.world.is_main else {}
+        todo = distributed.gather_objects([c for c in cells if done.get(c) is None])[0]
+        records = [r for r in done.values() if r is not None]
         if not todo:
             self.echo(f"[{entry.name}] all {len(cells)} cells finished already; skipping")
             return records
         common = {
-            **self.base_record(data), **self.fast_path(), "model": entry.name, "label": label,
-            "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": ckpt_hash,
+            **self.base_fields(data), "precision": cfg.precision, "compile": cfg.compile, "model": entry.name,
+            "label": label, "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": slot.digest,
             "sampler": sampler.name, "sampler_settings": settings, "train_tokens": b.counted_train_tokens,
         }
         try:
-            model, _ = self.obtain(model, data)
+            model = self.obtain(model, data)
         except Exception as exc:  # noqa: BLE001 - a broken plugin fails only its own cells
             return records + [self.fail(common, steps, seed, cid, exc) for steps, seed, cid in todo]
         for steps, seed, cid in todo:
             try:
-                records.append(self.run_cell(common, model, sampler, data, metrics, steps, seed, cid))
+                cell = self.run_cell(common, model, sampler, data, metrics, steps, seed, cid)
             except Exception as exc:  # noqa: BLE001
-                records.append(self.fail(common, steps, seed, cid, exc))
+                cell = self.fail(common, steps, seed, cid, exc)
+            if cell is not None:
+                records.append(cell)
         return records
 
-    def fail_unbuildable(self, entry: ModelEntry, data: TaskData, metrics: list[Metric], exc: BaseException) -> list[dict]:
-        cfg = self.config
-        common = {**self.base_record(data), **self.fast_path(), "model": entry.name, "label": entry.label or entry.name,
-                  "sampler": entry.sampler or "default", "sampler_settings": entry.sampler_options}
-        out = []
-        for steps in cfg.budget.steps:
-            for seed in cfg.budget.seeds:
-                identity = cell_identity(cfg.name, entry.name, stable_hash(entry.model_dump(mode="json")),
-                                         common["sampler"], entry.sampler_options, steps, cfg.task, seed,
-                                         cfg.budget_hash(), [m.name for m in metrics])
-                out.append(self.fail(common, steps, seed, cell_id(identity), exc))
-        return out
+    def fail_unbuildable(self, entry: ModelEntry, data: TaskData, exc: BaseException) -> list[CellRecord]:
+        sampler = entry.sampler or "default"
+        common = {**self.base_fields(data), "precision": self.config.precision, "compile": self.config.compile,
+                  "model": entry.name, "label": entry.label or entry.name, "sampler": sampler,
+                  "sampler_settings": entry.sampler_options}
+        entry_hash = stable_hash(entry.model_dump(mode="json"))
+        return [self.fail(common, steps, seed,
+                          self.identity(entry.name, entry_hash, sampler, entry.sampler_options, steps, seed).cell_id, exc)
+                for steps in self.config.budget.steps for seed in self.config.budget.seeds]
 
-    def fail(self, common: dict, steps: int, seed: int, cid: str, exc: BaseException) -> dict[str, Any]:
+    def fail(self, common: dict, steps: int, seed: int, cid: str, exc: BaseException) -> CellRecord:
         if isinstance(exc, CheckpointError):
             text = str(exc)
         else:
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         self.echo(f"[{common['model']}] cell steps={steps} seed={seed} FAILED: {text}")
-        record = {**common, "cell_id": cid, "status": "error", "error": text,
-                  "traceback": traceback.format_exc(), "steps": steps, "seed": seed, "created": now()}
+        record = CellRecord(**common, cell_id=cid, status="error", error=text, traceback=traceback.format_exc(),
+                            steps=steps, seed=seed)
         if self.world.is_main:
             self.store.write_cell(record)
         return record
 
     def run_cell(self, common: dict, model: Model, sampler: Sampler, data: TaskData, metrics: list[Metric],
-                 steps: int, seed: int, cid: str) -> dict[str, Any]:
+                 steps: int, seed: int, cid: str) -> CellRecord | None:
         b = self.config.budget
         prefixes = data.eval_prefixes[: b.num_samples] if data.eval_prefixes is not None else None
         bar = tqdm(total=b.num_samples, desc=f"{common['label']} steps={steps} seed={seed}",
@@ -349,7 +280,7 @@ class Runner:
                        precision=self.config.precision)
         bar.close()
         if not self.world.is_main:
-            return {}
+            return None
         generation = to_generation(run.ids, data.tokenizer, data.spec.prefix_len, data)
         t0 = time.perf_counter()
         scores = score_all(metrics, generation, data)
@@ -357,13 +288,13 @@ class Runner:
         self.store.write_samples(cid, [
             {"i": i, "text": text, "ids": row.tolist()} for i, (text, row) in enumerate(zip(generation.texts, run.ids))
         ])
-        record = {
-            **common, "cell_id": cid, "status": "ok", "steps": steps, "seed": seed,
-            "nfe": run.nfe, "nfe_calls": run.calls, "max_nfe": sampler.max_nfe(steps, model.spec),
-            "num_samples": b.num_samples, "metrics": scores, "wall_time_s": run.seconds,
-            "score_time_s": score_time, "created": now(),
-        }
+        record = CellRecord(
+            **common, cell_id=cid, status="ok", steps=steps, seed=seed, nfe=run.nfe, nfe_calls=run.calls,
+            max_nfe=sampler.max_nfe(steps, model.spec), num_samples=b.num_samples, metrics=scores,
+            wall_time_s=run.seconds, score_time_s=score_time,
+        )
         self.store.write_cell(record)
-        summary = ", ".join(f"{k}={v['value']:.4g}" for k, v in scores.items())
+        summary = ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
+                            for k, v in record.metrics.items())
         self.echo(f"[{common['label']}] steps={steps} seed={seed} nfe={run.nfe:g} {run.seconds:.1f}s: {summary}")
         return record

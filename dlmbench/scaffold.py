@@ -118,6 +118,7 @@ import torch
 
 import dlmbench
 from dlmbench.categorical import sample_from_logits
+from dlmbench.prefix import initial_ids
 
 
 class Unmask(dlmbench.Sampler):
@@ -127,9 +128,7 @@ class Unmask(dlmbench.Sampler):
     def sample(self, model, request):
         spec = model.spec
         device = next(model.parameters()).device
-        x = torch.full((request.num_samples, spec.seq_len), spec.mask_id, dtype=torch.long, device=device)
-        if request.prefix is not None:
-            x[:, : spec.prefix_len] = request.prefix
+        x = initial_ids(spec, request, spec.mask_id, device)  # all masked, the prompt kept on conditional tasks
         for step in range(request.steps):
             masked = x == spec.mask_id
             if not masked.any():

@@ -1,7 +1,7 @@
 """The one training loop every model goes through, so token budgets are identical.
 
 Tokens are counted as ``batch_size x seq_len x steps`` (every position of every
-sequence, pads and prefix included: the rule MDLM and Duo use, mdlm_duo.md section 1),
+sequence, pads and prefix included: the rule MDLM and Duo use, Duo appendix C.5),
 and the count is returned with the losses so the runner can state it in the results.
 
 GPU fast path (all off by default, identical results on CPU): ``precision="bf16"`` runs
@@ -91,7 +91,7 @@ def compile_network(model: Model, **options) -> list[str]:
 
 
 def build_optimizer(model: Model) -> torch.optim.Optimizer:
-    """AdamW by default; ``muon`` puts 2-D hidden weights on Muon (elf.md section 4)."""
+    """AdamW by default; ``muon`` puts 2-D hidden weights on Muon (ELF paper, Table 4 and appendix C.5)."""
     cfg = model.config
     params = model.trainable_parameters()
     if cfg.optimizer == "adamw":

@@ -26,7 +26,7 @@ board grammar-summarize dlmbench run --models elf,mdlm,duo,ar --task grammar-sum
 board kjv dlmbench run --models elf,mdlm,duo --task kjv --steps 32,256
 board kjv-es dlmbench run --models elf,mdlm,duo --task kjv-es --steps 32,256 --seeds 0
 
-# ELF ablations of elf.md section 7 on the embedded default.
+# ELF ablations of the ELF paper (section 4.1, appendix C) on the embedded default.
 board elf-ablations dlmbench run --config configs/elf-ablations.yaml
 
 # Control quoted in leaderboard/README.md: ELF's encoder=scratch pretraining reads 8,192,000

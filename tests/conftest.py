@@ -20,7 +20,17 @@ def toy_registry():
 
     from dlmbench.plugins import build_registry, get_plugin_manager
 
-    return build_registry(get_plugin_manager(load_entrypoints=False, defaults=False, extra=[toyplugin]))
+    return build_registry(get_plugin_manager(autoload=False, defaults=False, extra=[toyplugin]))
+
+
+@pytest.fixture
+def toy_and_builtins():
+    """The toy plugin beside the built-in tasks and metrics (no entry points)."""
+    import toyplugin
+
+    from dlmbench.plugins import build_registry, get_plugin_manager
+
+    return build_registry(get_plugin_manager(autoload=False, extra=[toyplugin]))
 
 
 @pytest.fixture

@@ -15,13 +15,7 @@ BENCH = ROOT / "benchmarks"
 MACHINE_KEYS = {"device", "cpu_model", "torch_threads", "cpu_cores_available", "versions"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the scripts set 1 thread; leave the session as it was
+pytestmark = pytest.mark.usefixtures("one_thread")  # the scripts set 1 thread; it restores the count after
 
 
 def load(name: str):
@@ -87,9 +81,14 @@ def test_scaling(tmp_path):
     assert all(s["time_slope"] is not None for s in data["slopes"])
 
 
+_BASE = {"run": "r", "task": "grammar", "task_fingerprint": "f", "budget_hash": "b", "device": "cpu", "versions": {},
+         "sampler": "s", "budget": {"seq_len": 8, "steps": [4], "num_samples": 10, "batch_size": 1,
+                                    "train_tokens": 8, "seeds": [0]}}
+
+
 def _cell(label, model, steps, seed, nfe, wall, value):
-    return {"status": "ok", "label": label, "model": model, "steps": steps, "seed": seed, "nfe": nfe,
-            "wall_time_s": wall, "num_samples": 10, "budget_hash": "b",
+    return {**_BASE, "cell_id": f"{label}-{steps}-{seed}".replace("/", "_"), "status": "ok", "label": label,
+            "model": model, "steps": steps, "seed": seed, "nfe": nfe, "wall_time_s": wall, "num_samples": 10,
             "metrics": {"grammar-accept": {"value": value, "higher_is_better": True}}}
 
 
@@ -100,7 +99,8 @@ def test_quality_per_compute_reads_cells(tmp_path):
         _cell("ar/ancestral", "ar", 8, 0, 32, 1.0, 0.6), _cell("ar/ancestral", "ar", 8, 1, 32, 1.0, 0.8),
         _cell("m/s", "m", 4, 0, 5, 0.5, 0.2), _cell("m/s", "m", 16, 0, 17, 2.0, 0.75),
         _cell("m/s", "m", 64, 0, 65, 8.0, 0.9), _cell("n/s", "n", 4, 0, 5, 0.5, 0.1),
-        {"status": "error", "label": "n/s", "model": "n", "steps": 16, "error": "boom"},
+        {**_BASE, "cell_id": "e", "status": "error", "label": "n/s", "model": "n", "steps": 16, "seed": 0,
+         "error": "boom"},
     ]
     for i, r in enumerate(records):
         (cells / f"{i}.json").write_text(json.dumps(r))

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
         "budget": {{"seq_len": 8, "steps": [2, 3], "num_samples": 10, "batch_size": 8,
                     "train_tokens": 8 * 8 * 10, "seeds": [0, 1], "sample_batch_size": 3}},
     }})
-    registry = build_registry(get_plugin_manager(load_entrypoints=False, defaults=False, extra=[toyplugin]))
+    registry = build_registry(get_plugin_manager(autoload=False, defaults=False, extra=[toyplugin]))
     Runner(cfg, registry, echo=print, progress=False).run()
     """
 )

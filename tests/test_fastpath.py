@@ -43,14 +43,15 @@ def ar_model(vocab: int = 20, seq_len: int = 32, **kw) -> AR:
 def registry_model(name: str, seq_len: int = 16, device="cpu"):
     """A plugin model built as the runner builds it (tiny preset, grammar task)."""
     from dlmbench.config import build_run_config
+    from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.context import RunContext
     from dlmbench.plugins import load_registry
-    from dlmbench.runner import build_model, build_sampler, build_task
 
     registry = load_registry()
     if name not in registry.models:
         pytest.skip(f"plugin {name!r} is not installed")
     config = build_run_config(overrides={"models": [name], "budget": {"seq_len": seq_len}})
-    data = build_task(config, registry)
+    data = build_task(config, registry, RunContext(offline=True))
     torch.manual_seed(0)
     model = build_model(config.models[0], config.preset, registry, data).to(device)
     return model, build_sampler(config.models[0], registry), data
@@ -139,15 +140,15 @@ def test_elf_sampler_keeps_fp32_states_under_bf16(monkeypatch):
 
 
 def test_checkpoint_key_depends_on_precision(toy_config, toy_registry):
-    from dlmbench.runner import build_model, build_task
+    from dlmbench.build import build_model, build_task
 
     keys = {}
     for precision in ("fp32", "bf16"):
         cfg = toy_config(precision=precision)
         runner = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False)
-        model = build_model(cfg.models[0], cfg.preset, toy_registry, build_task(cfg, toy_registry))
-        path, key = runner.checkpoint_path(model)
-        keys[precision] = (path, key)
+        model = build_model(cfg.models[0], cfg.preset, toy_registry, build_task(cfg, toy_registry, runner.ctx))
+        slot = runner.checkpoint_slot(model)
+        keys[precision] = (slot.path, slot.key)
     assert keys["fp32"][0] != keys["bf16"][0]
     assert keys["bf16"][1]["training"]["precision"] == "bf16"
     assert "precision" not in keys["fp32"][1]["training"]  # fp32 keys (and cached checkpoints) unchanged
@@ -156,12 +157,12 @@ def test_checkpoint_key_depends_on_precision(toy_config, toy_registry):
 def test_records_state_precision_and_compile(toy_config, toy_registry):
     cfg = toy_config(precision="bf16")
     records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
-    cells = [r for r in records if r["model"] != "data"]
-    assert cells and all(r["precision"] == "bf16" and r["compile"] is False for r in cells)
-    assert all(r["status"] == "ok" for r in records)
+    cells = [r for r in records if r.model != "data"]
+    assert cells and all(r.precision == "bf16" and r.compile is False for r in cells)
+    assert all(r.status == "ok" for r in records)
     (model_record,) = [json.loads(p.read_text()) for p in (cfg.out_dir / "models").glob("*.json")]
     assert model_record["precision"] == "bf16" and model_record["compile"] is False
-    assert "compile_seconds" not in model_record
+    assert model_record["compile_seconds"] is None  # no compile, no compile time
     assert model_record["first_step_seconds"] > 0 and model_record["median_step_seconds"] > 0
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from dlmbench.context import RunContext
 from dlmbench.data import DataSpec, Generation
 from dlmbench.errors import ConfigError, HubUnavailableError
 from dlmbench.metrics.genppl import GenPPL, GenPPLConfig
@@ -186,6 +187,9 @@ def test_offline_hub_name_fails_fast(monkeypatch):
     with pytest.raises(HubUnavailableError):
         GenPPL(GenPPLConfig(evaluator="dlmbench-test/not-a-cached-model")).compute(gen_(["x"]), task_())
     assert time.perf_counter() - start < 10
+    with pytest.raises(HubUnavailableError, match="huggingface-cli download"):  # a run's context says so too
+        GenPPL(GenPPLConfig(evaluator="dlmbench-test/not-a-cached-model"),
+               RunContext(offline=True)).compute(gen_(["x"]), task_())
 
 
 def test_unreachable_hub_fails_fast(monkeypatch):
@@ -199,7 +203,8 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False, raising=False)
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     with pytest.raises(HubUnavailableError, match="cannot be reached"):
-        GenPPL(GenPPLConfig(evaluator="dlmbench-test/not-a-cached-model")).compute(gen_(["x"]), task_())
+        GenPPL(GenPPLConfig(evaluator="dlmbench-test/not-a-cached-model"),
+               RunContext(offline=False)).compute(gen_(["x"]), task_())
 
 
 def test_missing_local_path_is_a_config_error(tmp_path):

@@ -21,7 +21,7 @@ def test_tables_state_budget_and_show_mean_spread_nfe(toy_config, toy_registry, 
     header = next(line for line in text.splitlines() if line.startswith("| model/sampler"))
     assert "steps=2" in header and "steps=4" in header
     row = next(line for line in text.splitlines() if line.startswith("| toy/reveal"))
-    values = [c["metrics"]["starts-right"]["value"] for c in cells if c["model"] == "toy" and c["steps"] == 2]
+    values = [c.metrics["starts-right"].value for c in cells if c.model == "toy" and c.steps == 2]
     expected = f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g} · NFE 2"
     assert expected in row
     assert "### Training and likelihood bounds" in text

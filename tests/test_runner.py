@@ -27,34 +27,34 @@ def run(config, registry):
 def test_run_writes_one_record_per_cell_with_measured_nfe(toy_config, toy_registry):
     cfg = toy_config()
     records = run(cfg, toy_registry)
-    cells = [r for r in records if r["model"] == "toy"]
-    assert sorted((r["steps"], r["seed"]) for r in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    cells = [r for r in records if r.model == "toy"]
+    assert sorted((r.steps, r.seed) for r in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]
     for r in cells:
-        assert r["status"] == "ok"
-        assert r["nfe"] == r["steps"] == r["max_nfe"]
-        assert r["train_tokens"] == 8 * 8 * 20
-        assert 0.0 <= r["metrics"]["starts-right"]["value"] <= 1.0
-        assert r["versions"]["torch"] and r["budget"]["seq_len"] == 8
-        samples = ResultStore(cfg.out_dir).read_samples(r["cell_id"])
+        assert r.status == "ok"
+        assert r.nfe == r.steps == r.max_nfe
+        assert r.train_tokens == 8 * 8 * 20
+        assert 0.0 <= r.metrics["starts-right"].value <= 1.0
+        assert r.versions["torch"] and r.budget.seq_len == 8
+        samples = ResultStore(cfg.out_dir).read_samples(r.cell_id)
         assert len(samples) == cfg.budget.num_samples
-    data = [r for r in records if r["model"] == "data"]
-    assert len(data) == 1 and data[0]["metrics"]["starts-right"]["value"] == 1.0
+    data = [r for r in records if r.model == "data"]
+    assert len(data) == 1 and data[0].metrics["starts-right"].value == 1.0
     model_records = ResultStore(cfg.out_dir).model_records()
-    assert len(model_records) == 1 and model_records[0]["train_tokens"] == 8 * 8 * 20
+    assert len(model_records) == 1 and model_records[0].train_tokens == 8 * 8 * 20
 
 
 def test_guidance_batched_into_one_call_counts_twice(toy_config, toy_registry):
     cfg = toy_config(models=[{"name": "toy", "sampler_options": {"cfg_passes": 2}}])
-    cells = [r for r in run(cfg, toy_registry) if r["model"] == "toy"]
-    assert all(r["nfe"] == 2 * r["steps"] for r in cells)
+    cells = [r for r in run(cfg, toy_registry) if r.model == "toy"]
+    assert all(r.nfe == 2 * r.steps for r in cells)
 
 
 def test_rerun_resumes_without_training_or_resampling(toy_config, toy_registry):
     cfg = toy_config()
-    first = {r["cell_id"]: r["created"] for r in run(cfg, toy_registry)}
+    first = {r.cell_id: r.created for r in run(cfg, toy_registry)}
     messages = []
     Runner(cfg, toy_registry, echo=messages.append, progress=False).run()
-    again = {r["cell_id"]: r["created"] for r in ResultStore(cfg.out_dir).records()}
+    again = {r.cell_id: r.created for r in ResultStore(cfg.out_dir).records()}
     assert again == first
     assert any("skipping" in m for m in messages)
     assert not any("training" in m for m in messages)
@@ -74,10 +74,10 @@ def test_a_run_reusing_a_cached_checkpoint_gets_its_model_record(toy_config, toy
     cfg2 = toy_config(name="other", out=str(tmp_path / "other"), budget={"num_samples": 3})
     run(cfg2, toy_registry)
     (reused,) = ResultStore(cfg2.out_dir).model_records()
-    assert reused["reused_checkpoint"].endswith(".safetensors")
-    assert reused["budget_hash"] == cfg2.budget_hash() != trained[0]["budget_hash"]
-    assert {k: reused[k] for k in ("train_tokens", "final_loss", "checkpoint_hash")} == \
-        {k: trained[0][k] for k in ("train_tokens", "final_loss", "checkpoint_hash")}
+    assert reused.reused_checkpoint.endswith(".safetensors")
+    assert reused.budget_hash == cfg2.budget_hash() != trained[0].budget_hash
+    assert {k: getattr(reused, k) for k in ("train_tokens", "final_loss", "checkpoint_hash")} == \
+        {k: getattr(trained[0], k) for k in ("train_tokens", "final_loss", "checkpoint_hash")}
 
 
 def test_model_prepare_runs_before_the_optimiser_and_is_recorded_and_shown(toy_config, toy_registry):
@@ -86,22 +86,23 @@ def test_model_prepare_runs_before_the_optimiser_and_is_recorded_and_shown(toy_c
     from dlmbench.checkpoint import load_checkpoint
     from dlmbench.leaderboard import render_markdown
     from dlmbench.results import load_records
-    from dlmbench.runner import build_model, build_task
+    from dlmbench.build import build_model, build_task
 
     cfg = toy_config(models=[{"name": "toy", "options": {"prepare_tokens": 1234, "ema_decay": 0.9}}])
     runner = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False)
     runner.run()
-    data = build_task(cfg, toy_registry)
+    data = build_task(cfg, toy_registry, runner.ctx)
     (record,) = ResultStore(cfg.out_dir).model_records()
-    assert record["prepared"] == {"what": "toy preparation", "tokens": 1234, "rows_seen": data.train.shape[0]}
-    assert record["train_tokens"] == 8 * 8 * 20  # the budget stays the flow's own
+    assert record.prepared == {"what": "toy preparation", "tokens": 1234, "rows_seen": data.train.shape[0]}
+    assert record.train_tokens == 8 * 8 * 20  # the budget stays the flow's own
     text = render_markdown(*load_records([cfg.out_dir]))
     assert "- toy/reveal: toy preparation; 1,234 training tokens outside the budget." in text
     # prepare zeroed and froze the position table before the optimiser and the EMA were
     # built: neither moved it back (an EMA made first would restore its initial values)
     (entry,) = cfg.models
     trained = build_model(entry, cfg.preset, toy_registry, data)
-    load_checkpoint(trained, *runner.checkpoint_path(trained))
+    slot = runner.checkpoint_slot(trained)
+    load_checkpoint(trained, slot.path, slot.key)
     assert not trained.net.pos.any()
     assert trained.net.out.weight.abs().sum() > 0
 
@@ -116,19 +117,19 @@ def test_a_failing_plugin_fails_only_its_own_cells(toy_config, toy_registry):
     records = run(cfg, toy_registry)
     by_label = {}
     for r in records:
-        by_label.setdefault(r.get("label"), []).append(r)
-    assert all(r["status"] == "ok" for r in by_label["toy/reveal"])
+        by_label.setdefault(r.label, []).append(r)
+    assert all(r.status == "ok" for r in by_label["toy/reveal"])
     for label, msg in (("broken-sampler", "in sample"), ("broken-training", "in loss"), ("broken-build", "in build")):
         assert len(by_label[label]) == 4
-        assert all(r["status"] == "error" and msg in r["error"] for r in by_label[label])
+        assert all(r.status == "error" and msg in r.error for r in by_label[label])
 
 
 def test_failed_cells_are_retried_on_rerun(toy_config, toy_registry):
     cfg = toy_config(models=[{"name": "toy", "options": {"fail_in": "sample"}}])
     records = run(cfg, toy_registry)
-    assert {r["status"] for r in records if r["model"] == "toy"} == {"error"}
+    assert {r.status for r in records if r.model == "toy"} == {"error"}
     store = ResultStore(cfg.out_dir)
-    failed_ids = {r["cell_id"] for r in records if r["model"] == "toy"}
+    failed_ids = {r.cell_id for r in records if r.model == "toy"}
     assert not any(store.is_done(c) for c in failed_ids)
 
 
@@ -144,8 +145,8 @@ def test_corrupted_cached_checkpoint_fails_that_model_with_a_clear_error(toy_con
     ckpt.write_bytes(b"not a safetensors file")
     cfg2 = toy_config(budget={"seeds": [5]})
     records = run(cfg2, toy_registry)
-    errors = [r for r in records if r["status"] == "error"]
-    assert errors and all("corrupted" in r["error"] for r in errors)
+    errors = [r for r in records if r.status == "error"]
+    assert errors and all("corrupted" in r.error for r in errors)
 
 
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path, toy_registry):
@@ -169,7 +170,7 @@ SCRIPT = textwrap.dedent(
         "budget": {{"seq_len": 8, "steps": [1, 2, 3, 4, 5, 6], "num_samples": 4, "batch_size": 8,
                     "train_tokens": 8 * 8 * 5, "seeds": [0, 1], "sample_batch_size": 4}},
     }})
-    registry = build_registry(get_plugin_manager(load_entrypoints=False, defaults=False, extra=[toyplugin]))
+    registry = build_registry(get_plugin_manager(autoload=False, defaults=False, extra=[toyplugin]))
     Runner(cfg, registry, echo=print, progress=False).run()
     """
 )

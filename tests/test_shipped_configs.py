@@ -9,7 +9,7 @@ import pytest
 from dlmbench.config import build_run_config
 from dlmbench.errors import ConfigError
 from dlmbench.plugins import build_registry, get_plugin_manager
-from dlmbench.runner import build_model_config, build_sampler
+from dlmbench.build import build_model_config, build_sampler
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

@@ -15,6 +15,7 @@ import dlmbench
 from dlmbench.categorical import sample_from_logits
 from dlmbench.data import DataSpec
 from dlmbench.metric import MetricValue
+from dlmbench.prefix import initial_ids
 from dlmbench.task import TaskData
 from dlmbench.tokenizer import TextTokenizer
 
@@ -94,9 +95,7 @@ class Reveal(dlmbench.Sampler):
         if model.config.fail_in == "sample":
             raise RuntimeError("toy: failing on purpose in sample")
         spec = model.spec
-        x = torch.full((request.num_samples, spec.seq_len), spec.mask_id, dtype=torch.long)
-        if request.prefix is not None:
-            x[:, : spec.prefix_len] = request.prefix
+        x = initial_ids(spec, request, spec.mask_id, "cpu")
         todo = list(range(spec.prefix_len, spec.seq_len))
         chunks = [todo[i :: request.steps] for i in range(request.steps)]
         for chunk in chunks:
@@ -123,7 +122,7 @@ class ToyTask(dlmbench.Task):
     Config = ToyTaskConfig
     default_metrics = ("starts-right",)
 
-    def load(self, seq_len, num_eval, seed):
+    def load(self, seq_len, num_eval, seed, context=None):
         tok = TextTokenizer.word_level(WORDS)
         g = torch.Generator().manual_seed(seed)
         lengths = torch.randint(2, seq_len, (self.config.rows,), generator=g)

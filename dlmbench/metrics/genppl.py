@@ -1,7 +1,9 @@
 """Generative perplexity (``gen-ppl``) under an evaluator causal LM from ``transformers``.
 
-The default is the MDLM/Duo protocol as implemented (mdlm_duo.md section 4; ELF's
-``metrics_utils.py`` is the same, elf.md section 6):
+The default is the MDLM/Duo protocol as implemented (kuleshov-group/mdlm@c112c52
+``diffusion.py: compute_generative_perplexity``, s-sahoo/duo@7c9b498
+``metrics.py: record_generative_perplexity``; ELF's ``metrics_utils.py`` in
+lillian039/ELF@b29d883 scores the same targets):
 
 1. the decoded samples (``Generation.texts``) are re-tokenized with the evaluator's
    tokenizer, truncated to ``max_length`` (default: the evaluator context), no BOS;
@@ -32,7 +34,7 @@ in practice every EOS target is excluded there too.
 
 The evaluator is a hub id (default ``gpt2-large``, the paper-scale choice) or a local
 directory saved with ``save_pretrained``. A hub id is first looked up in the local cache;
-when it is absent and the hub is offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)
+when it is absent and the run is offline (``RunContext.offline``)
 :class:`dlmbench.errors.HubUnavailableError` is raised at once, without network access;
 online, one short probe request replaces the downloader's minutes of retries when the
 hub cannot be reached.
@@ -41,7 +43,6 @@ hub cannot be reached.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -55,27 +56,13 @@ from dlmbench.metric import Metric, MetricConfig, MetricValue
 from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, resolve_evaluator
 from dlmbench.task import TaskData
 
-_TRUE = {"1", "true", "yes", "on"}
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
 _TOKENIZERS: dict[str, Any] = {}
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
 # --- loading the evaluator -------------------------------------------------------------
-def hub_offline() -> bool:
-    """True when the Hugging Face Hub must not be contacted."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return False
-
-
-def _load(loader: Any, name: str, what: str) -> Any:
+def _load(loader: Any, name: str, what: str, offline: bool) -> Any:
     """``loader.from_pretrained(name)``: a local path, the cache, then (online) the hub."""
     path = Path(name).expanduser()
     if path.exists():
@@ -85,10 +72,11 @@ def _load(loader: Any, name: str, what: str) -> Any:
     try:
         return loader.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as cached_error:
-        if hub_offline():
+        if offline:
             raise HubUnavailableError(
                 f"gen-ppl evaluator {name!r} ({what}) is not in the local cache and the Hugging "
-                "Face Hub is offline (HF_HUB_OFFLINE); pass evaluator=/path/to/a/saved/model"
+                "Face Hub is offline; download it once with `huggingface-cli download "
+                f"{name}`, or pass evaluator=/path/to/a/saved/model"
             ) from cached_error
     _probe_hub(name)  # one short request instead of minutes of download retries
     try:
@@ -116,22 +104,22 @@ def _probe_hub(name: str, timeout: float = 10.0) -> None:
         ) from error
 
 
-def load_tokenizer(name: str) -> Any:
-    """The evaluator's tokenizer (cached per process)."""
+def load_tokenizer(name: str, offline: bool = True) -> Any:
+    """The evaluator's tokenizer (cached per process); ``offline``: never contact the hub."""
     if name not in _TOKENIZERS:
         from transformers import AutoTokenizer
 
-        _TOKENIZERS[name] = _load(AutoTokenizer, name, "tokenizer")
+        _TOKENIZERS[name] = _load(AutoTokenizer, name, "tokenizer", offline)
     return _TOKENIZERS[name]
 
 
-def load_model(name: str, device: str) -> Any:
+def load_model(name: str, device: str, offline: bool = True) -> Any:
     """The evaluator LM in float32, eval mode, on ``device`` (cached per process)."""
     key = (name, device)
     if key not in _MODELS:
         from transformers import AutoModelForCausalLM
 
-        model = _load(AutoModelForCausalLM, name, "model")
+        model = _load(AutoModelForCausalLM, name, "model", offline)
         _MODELS[key] = model.to(device=device, dtype=torch.float32).eval()
     return _MODELS[key]
 
@@ -248,9 +236,9 @@ class GenPPL(Metric):
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        evaluator = resolve_evaluator(cfg.evaluator, task)  # 'proxy': trained locally, labelled
-        tokenizer = load_tokenizer(evaluator)
-        model = load_model(evaluator, device)
+        evaluator = resolve_evaluator(cfg.evaluator, task, self.context)  # 'proxy': trained locally, labelled
+        tokenizer = load_tokenizer(evaluator, self.context.offline)
+        model = load_model(evaluator, device, self.context.offline)
         context = cfg.context or evaluator_context(model)
         max_length = cfg.max_length or context
         rows = retokenize(tokenizer, generation.texts, max_length)

@@ -73,8 +73,9 @@ class Mauve(Metric):
 
         cfg = self.config
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        featurizer = resolve_evaluator(cfg.evaluator, task)
-        tokenizer, model = load_tokenizer(featurizer), load_model(featurizer, device)
+        featurizer = resolve_evaluator(cfg.evaluator, task, self.context)
+        offline = self.context.offline
+        tokenizer, model = load_tokenizer(featurizer, offline), load_model(featurizer, device, offline)
         n = len(generation.texts)
         human = to_generation(task.valid[-n:], task.tokenizer, task.spec.prefix_len).texts
         keep = [t for t in generation.texts if t.strip()]

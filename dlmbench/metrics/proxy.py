@@ -9,7 +9,6 @@ same data, but they are **not comparable with GPT-2 Large Gen PPL** from papers.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from dlmbench.config import stable_hash
+from dlmbench.context import RunContext
 from dlmbench.data import Batch, DataSpec
 from dlmbench.model import Model, ModelConfig
 from dlmbench.task import TaskData
@@ -60,20 +60,20 @@ class _ProxyLM(Model):
         return self.lm(input_ids=batch.tokens, labels=batch.tokens).loss
 
 
-def proxy_dir(task: TaskData, config: ProxyConfig) -> Path:
-    base = Path(os.environ.get("DLMBENCH_CACHE", ".dlmbench-cache"))
+def proxy_dir(task: TaskData, config: ProxyConfig, root: Path) -> Path:
+    """Where the proxy for ``task`` lives under ``root`` (a run's ``context.evaluators``)."""
     key = stable_hash({"data": task.fingerprint(), "config": config.model_dump(mode="json")})
-    return base / "evaluators" / f"proxy-{task.name.replace(':', '_').replace('/', '_')}-{key}"
+    return Path(root) / f"proxy-{task.name.replace(':', '_').replace('/', '_')}-{key}"
 
 
-def ensure_proxy_evaluator(task: TaskData, config: ProxyConfig | None = None) -> Path:
-    """Train (once) and cache the proxy evaluator for ``task``; return its directory."""
+def ensure_proxy_evaluator(task: TaskData, root: Path, config: ProxyConfig | None = None) -> Path:
+    """Train (once) and cache the proxy evaluator for ``task`` under ``root``; return its directory."""
     from transformers import PreTrainedTokenizerFast
 
     from dlmbench.training import fit
 
     config = config or DEFAULT_CONFIG
-    path = proxy_dir(task, config)
+    path = proxy_dir(task, config, root)
     if (path / "config.json").exists():
         return path
     torch.manual_seed(0)
@@ -86,6 +86,7 @@ def ensure_proxy_evaluator(task: TaskData, config: ProxyConfig | None = None) ->
         tokenizer_object=tok.backend, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
         unk_token="[UNK]", mask_token="[MASK]",
     )
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     model.lm.save_pretrained(tmp, safe_serialization=True)
     hf_tok.save_pretrained(tmp)
@@ -94,6 +95,6 @@ def ensure_proxy_evaluator(task: TaskData, config: ProxyConfig | None = None) ->
     return path
 
 
-def resolve_evaluator(name: str, task: TaskData) -> str:
+def resolve_evaluator(name: str, task: TaskData, context: RunContext) -> str:
     """The evaluator to load: ``name`` itself, or the proxy's directory for ``proxy``."""
-    return str(ensure_proxy_evaluator(task)) if name == PROXY else name
+    return str(ensure_proxy_evaluator(task, context.evaluators)) if name == PROXY else name

@@ -3,13 +3,13 @@
 Each follows a reference protocol and records its settings in ``details`` so that a
 number is never separated from how it was computed:
 
-* ``unigram-entropy``: Duo's ``record_entropy`` (mdlm_duo.md section 4), per-sample
+* ``unigram-entropy``: Duo's ``record_entropy`` (s-sahoo/duo@7c9b498 ``metrics.py``), per-sample
   Shannon entropy of the model's own ids; ``ids=evaluator`` is ELF's variant (the
-  evaluator tokenizer's re-tokenized ids, elf.md section 6).
+  evaluator tokenizer's re-tokenized ids, lillian039/ELF@b29d883 ``metrics_utils.py``).
 * ``bleu``: SacreBLEU corpus BLEU, the standard cased signature by default; ELF's
-  variant is ``lowercase=True, use_effective_order=True`` (elf.md section 6).
+  variant is ``lowercase=True, use_effective_order=True`` (ELF's ``metrics_utils.py``).
 * ``rouge``: ``rouge_score`` rouge1/rouge2/rougeL with the Porter stemmer, per-example
-  F1 x 100 averaged with its standard error (elf.md section 6).
+  F1 x 100 averaged with its standard error (ELF's ``metrics_utils.py``).
 * ``gen-ppl``: generative perplexity under an evaluator LM, see
   :mod:`dlmbench.metrics.genppl`.
 
@@ -73,7 +73,7 @@ class UnigramEntropy(Metric):
             from dlmbench.metrics.genppl import load_tokenizer, retokenize
             from dlmbench.metrics.proxy import resolve_evaluator
 
-            tok = load_tokenizer(resolve_evaluator(cfg.evaluator, task))
+            tok = load_tokenizer(resolve_evaluator(cfg.evaluator, task, self.context), self.context.offline)
             limit = cfg.max_length
             if limit is None and getattr(tok, "model_max_length", 0) < 1_000_000:
                 limit = tok.model_max_length

@@ -1,0 +1,85 @@
+"""Building a run's parts from its config: the task data, the metrics, each model and
+its sampler. ``run``, ``train``, ``sample``, ``eval`` and ``probe-batch`` all build
+through these functions, so a part is the same object whichever command made it."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from dlmbench.config import MetricEntry, ModelEntry, RunConfig, explain, model_preset
+from dlmbench.context import RunContext
+from dlmbench.metric import Metric
+from dlmbench.metrics.proxy import PROXY
+from dlmbench.model import Model, ModelConfig
+from dlmbench.registry import Registry
+from dlmbench.sampler import Sampler
+from dlmbench.task import TaskData
+
+
+def build_task(config: RunConfig, registry: Registry, context: RunContext) -> TaskData:
+    task_cls, argument = registry.task(config.task)
+    try:
+        task_config = task_cls.Config(**config.task_options)
+    except ValidationError as exc:
+        raise explain(exc, f"task_options for {task_cls.name!r}") from None
+    task = task_cls(task_config, argument)
+    b = config.budget
+    return task.load(seq_len=b.seq_len, num_eval=b.num_samples, seed=b.data_seed, context=context)
+
+
+def metric_entries(config: RunConfig, registry: Registry) -> list[MetricEntry]:
+    """The run's metric entries: its own, else its task's defaults."""
+    if config.metrics is not None:
+        return list(config.metrics)
+    task_cls, _ = registry.task(config.task)
+    return [MetricEntry(name=name) for name in task_cls.default_metrics]
+
+
+def build_metric(entry: MetricEntry, registry: Registry, evaluator: str, context: RunContext) -> Metric:
+    """One metric with the entry's options; an LM-based metric not told otherwise judges
+    with the budget's evaluator (``oracle``: the task's exact judge, so the metric's own
+    default LM, or the offline proxy when the hub is off)."""
+    cls = registry.metric(entry.name)
+    options = dict(entry.options)
+    if "evaluator" in cls.Config.model_fields and "evaluator" not in options:
+        if evaluator == "oracle":
+            evaluator = PROXY if context.offline else cls.Config.model_fields["evaluator"].default
+        options["evaluator"] = evaluator
+    try:
+        return cls(cls.Config(**options), context)
+    except ValidationError as exc:
+        raise explain(exc, f"options for metric {entry.name!r}") from None
+
+
+def build_metrics(entries: list[MetricEntry], registry: Registry, data: TaskData, evaluator: str,
+                  context: RunContext) -> list[Metric]:
+    """The metrics of ``entries`` that can score ``data`` (e.g. BLEU needs references)."""
+    metrics = [build_metric(e, registry, evaluator, context) for e in entries]
+    return [m for m in metrics if m.applies_to(data)]
+
+
+def build_model_config(entry: ModelEntry, run_preset: str, registry: Registry) -> ModelConfig:
+    """The entry's model config: its own preset (which must exist), else the run preset's
+    choice for this model (skipped when the plugin lacks it), then the entry's options."""
+    cls = registry.model(entry.name)
+    preset = entry.preset
+    if preset is None:
+        preset = model_preset(run_preset, entry.name)
+        if preset not in cls.Config.presets:
+            preset = None  # a plugin without this preset keeps its defaults
+    try:
+        return cls.Config.from_preset(preset, **entry.options)
+    except ValidationError as exc:
+        raise explain(exc, f"options for model {entry.name!r}") from None
+
+
+def build_model(entry: ModelEntry, run_preset: str, registry: Registry, data: TaskData) -> Model:
+    return registry.model(entry.name)(build_model_config(entry, run_preset, registry), data.spec)
+
+
+def build_sampler(entry: ModelEntry, registry: Registry, conditional: bool = False) -> Sampler:
+    cls = registry.sampler(entry.name, entry.sampler, conditional)
+    try:
+        return cls(cls.Config(**entry.sampler_options))
+    except ValidationError as exc:
+        raise explain(exc, f"sampler options for {entry.name}/{cls.name}") from None

@@ -1,0 +1,103 @@
+"""The run context: run state passed as an object, never through process variables."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dlmbench.context import RunContext
+from dlmbench.environment import hub_offline
+
+
+def test_two_runs_in_one_process_keep_every_file_under_their_own_cache(tmp_path, toy_and_builtins, monkeypatch):
+    """Once, the first runner's cache leaked into the process (DLMBENCH_CACHE) and the
+    second run wrote its task data and proxy evaluator into the first one's cache."""
+    from dlmbench.config import build_run_config
+    from dlmbench.metrics import proxy
+    from dlmbench.runner import Runner
+
+    monkeypatch.setattr(proxy, "DEFAULT_CONFIG", proxy.ProxyConfig(n_layer=1, n_embd=16, n_head=2, steps=5,
+                                                                    warmup_steps=1, batch_size=8))
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice("ab cd ef gh".split()) for _ in range(6))
+                                for _ in range(120)) + "\n")
+    roots = {}
+    for name in ("a", "b"):
+        config = build_run_config(overrides={
+            "name": name, "models": ["toy"], "task": f"text:{corpus}", "task_options": {"packing": "pad"},
+            "out": str(tmp_path / "runs" / name), "cache": str(tmp_path / f"cache-{name}"),
+            "metrics": ["gen-ppl", "unigram-entropy"],
+            "budget": {"seq_len": 8, "steps": [2], "num_samples": 4, "batch_size": 8, "train_tokens": 8 * 8 * 3,
+                       "seeds": [0], "sample_batch_size": 4},
+        })
+        context = RunContext(cache=tmp_path / f"cache-{name}", offline=True)
+        records = Runner(config, toy_and_builtins, context, echo=lambda *_: None, progress=False).run()
+        assert all(r.ok for r in records), [r.error for r in records]
+        assert records[-1].metrics["gen-ppl"].config["evaluator"] == proxy.PROXY
+        roots[name] = context.cache
+    for name, root in roots.items():
+        assert list((root / "tasks").iterdir()), "task data cached under its own root"
+        assert list((root / "checkpoints").glob("toy-*.safetensors"))
+        assert [p.name for p in (root / "evaluators").iterdir() if p.name.startswith("proxy-")]
+    assert not (tmp_path / ".dlmbench-cache").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache-a", "cache-b", "corpus.txt", "runs"]
+
+
+#: Every spelling huggingface_hub's ``constants._is_true`` can be handed, and some it rejects.
+VALUES = ["1", "ON", "on", "On", "YES", "yes", "TRUE", "true", "True", "0", "OFF", "off", "no", "false",
+          "FALSE", "", " 1", "2", "y"]
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_every_offline_check_reads_HF_HUB_OFFLINE_as_huggingface_hub_does(value, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    expected = constants._is_true(value or None)
+    assert hub_offline() is expected
+    assert RunContext.create().offline is expected
+
+
+def test_transformers_offline_counts_only_when_HF_HUB_OFFLINE_is_unset_or_empty(monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for hub, transformers, expected in (("0", "1", False), ("", "1", True), (None, "yes", True), (None, "0", False)):
+        if hub is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", hub)
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", transformers)
+        assert hub_offline() is expected, (hub, transformers)
+
+
+def test_the_cli_context_agrees_with_the_library_and_joins_no_world_unless_asked(monkeypatch, tmp_path):
+    from dlmbench.cli import run_context
+    from dlmbench.config import build_run_config
+
+    config = build_run_config(overrides={"models": ["ar"], "cache": str(tmp_path / "c")})
+    called = []
+    monkeypatch.setattr("dlmbench.distributed.setup", lambda: called.append(1))
+    monkeypatch.setattr("dlmbench.environment.hub_reachable", lambda: True)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for value in ("0", "true"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        context = run_context(config)
+        assert context.offline is (value == "true")
+        assert context.cache == tmp_path / "c" and context.world.size == 1
+    assert not called, "only the commands that train or sample join a torchrun world"
+
+
+def test_an_unreachable_hub_makes_the_context_offline_with_its_reason(monkeypatch, tmp_path):
+    import os
+
+    from dlmbench.cli import run_context
+    from dlmbench.config import build_run_config
+
+    monkeypatch.setattr(os, "environ", {})  # no HF_* switch set; the CLI's writes land here
+    monkeypatch.setattr("dlmbench.environment.hub_reachable", lambda: False)
+    context = run_context(build_run_config(overrides={"models": ["ar"], "cache": str(tmp_path)}))
+    assert context.offline and "cannot be reached" in context.offline_reason
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # the HF libraries now fail at once
