@@ -7,9 +7,9 @@ built, so a cached checkpoint is never silently reused for another configuration
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from dlmbench.atomic import FILE_MODE, temp_file
 from dlmbench.config import Budget, stable_hash
 from dlmbench.data import DataSpec
 from dlmbench.errors import CheckpointError
 from dlmbench.model import Model
+from dlmbench.names import check_name, inside
 
 META_KEY = "dlmbench"
 
@@ -64,7 +66,8 @@ def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path) ->
     if precision != "fp32":
         training = {**training, "precision": precision}
     key = checkpoint_key(model.name, model.config, model.spec, training)
-    return CheckpointSlot(Path(root) / f"{model.name}-{checkpoint_hash(key)}.safetensors", key)
+    name = check_name(model.name, "model name")
+    return CheckpointSlot(inside(root, f"{name}-{checkpoint_hash(key)}.safetensors"), key)
 
 
 def save_checkpoint(model: Model, path: str | Path, key: dict, extra: dict | None = None) -> str:
@@ -73,15 +76,25 @@ def save_checkpoint(model: Model, path: str | Path, key: dict, extra: dict | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = checkpoint_hash(key)
     meta = {META_KEY: json.dumps({"key": key, "hash": digest, "extra": extra or {}})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     os.close(fd)
     try:
         save_model(model, tmp, metadata=meta)
+        os.chmod(tmp, FILE_MODE)  # as an ordinary file, not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return digest
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a checkpoint file, stored in its model record and checked on reuse."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict:

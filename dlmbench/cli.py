@@ -7,7 +7,8 @@ sub-command; each is a thin shell over a module named for its work).
 
 Heavy imports (torch, transformers) happen inside the commands so ``--help`` is fast.
 Errors the user can fix print one clear message and exit with a distinct code
-(2 config, 3 checkpoint, 4 hub unavailable); set ``DLMBENCH_DEBUG=1`` for tracebacks.
+(2 config, 3 checkpoint, 4 hub unavailable, 5 file system); set ``DLMBENCH_DEBUG=1``
+for tracebacks.
 
 This module is where process state becomes run state: it reads the operator's
 variables (``DLMBENCH_LOAD_PLUGINS``, ``DLMBENCH_DISABLE_PLUGIN_AUTOLOAD``,
@@ -190,10 +191,26 @@ def cli() -> None:
     """
 
 
-@cli.command()
+def preset_defaults() -> str:
+    """What each preset sets when a flag does not, for ``run --help``."""
+    from dlmbench.config import PRESETS, Budget
+
+    lines = []
+    for name, preset in PRESETS.items():
+        b = Budget.model_validate(preset["budget"])
+        lines.append(f"{name}: task {preset['task']}; steps {','.join(map(str, b.steps))}; seeds "
+                     f"{','.join(map(str, b.seeds))}; {b.num_samples} samples per cell; {b.counted_train_tokens:,} "
+                     f"training tokens (batch {b.batch_size} x length {b.seq_len} x {b.train_steps} steps); "
+                     f"evaluator {b.evaluator}.")
+    return "\b\nPreset defaults (--preset; tiny unless set):\n" + "\n".join(lines)
+
+
+@cli.command(epilog=preset_defaults())
 @run_options
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--leaderboard/--no-leaderboard", default=True, help="Write OUT/leaderboard.md at the end.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars (one line per phase and cell still prints).")
+@click.option("--retrain", is_flag=True, help="Train every model again, replacing its cached checkpoint.")
+@click.option("--leaderboard/--no-leaderboard", default=True,
+              help="Keep OUT/leaderboard.md current: rewritten after every finished cell.")
 def run(**opts: Any) -> None:
     """Train (or reuse) every model under one budget and evaluate every cell.
 
@@ -209,6 +226,7 @@ def run(**opts: Any) -> None:
     config = run_config_from_options(opts)
     from dlmbench.leaderboard import render_markdown
     from dlmbench.plugins import plugin_versions
+    from dlmbench.atomic import write_text_atomic
     from dlmbench.results import load_records
     from dlmbench.runner import Runner
 
@@ -216,18 +234,22 @@ def run(**opts: Any) -> None:
     for entry in config.models:
         registry.model(entry.name)  # unknown names fail before any work, with a did-you-mean
     context = run_context(config, join_world=True)
+    board = config.out_dir / "leaderboard.md"
+    command = "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+
+    def write_board(_record=None) -> None:  # a long run shows its partial table as it goes
+        write_text_atomic(board, render_markdown(*load_records([config.out_dir]), command=command))
+
     runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=click.echo,
-                    progress=not opts["no_progress"])
+                    progress=not opts["no_progress"], on_cell=write_board if opts["leaderboard"] else None,
+                    retrain=opts["retrain"])
     records = runner.run()
     if not context.world.is_main:
         return
     click.echo(summary_table(records))
     if opts["leaderboard"]:
-        cells, models = load_records([config.out_dir])
-        command = "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        path = config.out_dir / "leaderboard.md"
-        path.write_text(render_markdown(cells, models, command=command))
-        click.echo(f"results: {config.out_dir}/cells, leaderboard: {path}")
+        write_board()
+        click.echo(f"results: {config.out_dir}/cells, leaderboard: {board}")
     failed = [r for r in records if not r.ok]
     if failed:
         click.echo(f"{len(failed)} cell(s) failed; see the records for the errors", err=True)
@@ -251,6 +273,7 @@ def summary_table(records: list[dict]) -> str:
 @cli.command()
 @run_options
 @click.option("--no-progress", is_flag=True)
+@click.option("--retrain", is_flag=True, help="Train again even when a cached checkpoint matches.")
 def train(**opts: Any) -> None:
     """Train each model under the budget's token count and cache its checkpoint."""
     config = run_config_from_options(opts)
@@ -259,7 +282,7 @@ def train(**opts: Any) -> None:
 
     registry = _registry()
     runner = Runner(config, registry, run_context(config, join_world=True), echo=click.echo,
-                    progress=not opts["no_progress"])
+                    progress=not opts["no_progress"], retrain=opts["retrain"])
     data = build_task(config, registry, runner.ctx)
     for entry in config.models:
         model = build_model(entry, config.preset, registry, data)
@@ -354,8 +377,12 @@ def eval_(run_dir: str, metrics: str, plugins: str | None) -> None:
     if run is None:
         raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
     context = run_context(RunConfig.model_validate(run.config))
-    n = rescore(run_dir, entries, _registry(), context)
+    n, failed = rescore(run_dir, entries, _registry(), context)
     click.echo(f"re-scored {n} cell(s) in {run_dir}")
+    for cid, why in failed.items():
+        click.echo(f"cell {cid} not re-scored (left as it was): {why}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()
@@ -367,6 +394,7 @@ def eval_(run_dir: str, metrics: str, plugins: str | None) -> None:
 def leaderboard(results: tuple[str, ...], output: str | None, plot: str | None, metric: str | None, command: str | None) -> None:
     """Render markdown tables (and a plot) from stored results only."""
     from dlmbench.leaderboard import render_markdown, render_plot
+    from dlmbench.atomic import write_text_atomic
     from dlmbench.results import load_records
 
     cells, models = load_records(results)
@@ -374,10 +402,7 @@ def leaderboard(results: tuple[str, ...], output: str | None, plot: str | None, 
         raise ConfigError(f"no result records found under {', '.join(results)}; run `dlmbench run` first")
     text = render_markdown(cells, models, command=command)
     if output:
-        from pathlib import Path
-
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text)
+        write_text_atomic(output, text)
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
@@ -460,6 +485,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system said no: read-only, not a directory, disk full
+        if os.environ.get("DLMBENCH_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"error: cannot write or read{where}: {exc.strerror or exc}; choose another --out or "
+                   f"--cache, or free the disk", err=True)
+        sys.exit(5)
     except SystemExit:
         raise
 

@@ -14,9 +14,9 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dlmbench.errors import ConfigError
 
@@ -25,19 +25,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would read true as 1
+        raise ValueError(f"expected an integer, got the boolean {value}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
 class Budget(_Strict):
     """The budget every model in a run shares."""
 
-    seq_len: int = Field(gt=1, description="tokens per sequence (prefix included)")
-    steps: list[int] = Field(min_length=1, description="sampling step budgets to evaluate")
-    num_samples: int = Field(gt=0, description="samples (or eval prompts) per cell")
-    batch_size: int = Field(gt=0, description="training sequences per optimiser step")
-    train_tokens: int = Field(ge=0, description="training tokens, counted as batch x seq_len x steps")
-    seeds: list[int] = Field(min_length=1, description="sampling seeds; spread is reported over them")
-    train_seed: int = 0
-    data_seed: int = 0
+    seq_len: Int = Field(gt=1, description="tokens per sequence (prefix included)")
+    steps: list[Int] = Field(min_length=1, description="sampling step budgets to evaluate")
+    num_samples: Int = Field(gt=0, description="samples (or eval prompts) per cell")
+    batch_size: Int = Field(gt=0, description="training sequences per optimiser step")
+    train_tokens: Int = Field(gt=0, description="training tokens, counted as batch x seq_len x steps")
+    seeds: list[Int] = Field(min_length=1, description="sampling seeds; spread is reported over them")
+    train_seed: Int = 0
+    data_seed: Int = 0
     evaluator: str = Field("oracle", description="the judge: 'oracle' (exact) or an LM name/path")
-    sample_batch_size: int = Field(256, gt=0, description="sampling micro-batch; seeds are drawn per micro-batch")
+    sample_batch_size: Int = Field(256, gt=0, description="sampling micro-batch; seeds are drawn per micro-batch")
 
     @field_validator("steps")
     @classmethod
@@ -46,6 +55,14 @@ class Budget(_Strict):
         if bad:
             raise ValueError(f"every step budget must be >= 1, got {bad}; e.g. --steps 32,1024")
         return sorted(set(steps))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # a repeated seed would count the same samples twice in the spread
+            raise ValueError(f"seed(s) {repeated} appear more than once; list each seed once, e.g. --seeds 0,1,2")
+        return seeds
 
     @property
     def train_steps(self) -> int:
@@ -128,10 +145,28 @@ class RunConfig(_Strict):
     budget: Budget
     out: str | None = Field(None, description="results directory (default runs/<name>)")
     cache: str = Field(".dlmbench-cache", description="trained checkpoints are cached here")
-    device: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: bfloat16 autocast for training and sampling (part of the checkpoint key)")
     compile: bool = Field(False, description="torch.compile the children of model.network (NFE still counted)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError("use auto, cpu, cuda, cuda:N or mps, e.g. --device cpu")
+        return device
+
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, name: str) -> str:
+        from dlmbench.names import RULE, is_safe_name
+
+        if not is_safe_name(name):  # it names runs/<name>/: never a path
+            raise ValueError(f"the run name becomes a directory name: use {RULE}, e.g. --name my-run")
+        return name
 
     @property
     def out_dir(self) -> Path:
@@ -266,7 +301,12 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set budget.seq_len=64")
     key, _, raw = text.partition("=")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it or fix it, "
+                          f"e.g. --set 'budget.steps=[8, 32]'") from None
     out: dict[str, Any] = value
     for part in reversed(key.strip().split(".")):
         out = {part: out}
@@ -284,7 +324,7 @@ def explain(exc: ValidationError, what: str = "config") -> ConfigError:
         elif err["type"] == "missing":
             fix = "add it"
         else:
-            fix = err["msg"]
+            fix = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc} = {value!r}: {fix}")
     return ConfigError("\n".join(lines))
 

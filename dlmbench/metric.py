@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dlmbench.context import RunContext
 from dlmbench.data import Generation
+from dlmbench.errors import DLMBenchError
 from dlmbench.records import MetricResult
 from dlmbench.task import TaskData
 
@@ -79,7 +80,12 @@ def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> 
     """Each metric's result with its settings, as stored in cell records."""
     out = {}
     for metric in metrics:
-        value = metric.compute(generation, task)
+        try:
+            value = metric.compute(generation, task)
+        except DLMBenchError:
+            raise  # already says what to fix
+        except Exception as exc:
+            raise RuntimeError(f"metric {metric.name!r} failed: {type(exc).__name__}: {exc}") from exc
         out[metric.name] = MetricResult(
             value=value.value, stderr=value.stderr, higher_is_better=metric.higher_is_better,
             config=metric.config.model_dump(mode="json"), details=value.details,

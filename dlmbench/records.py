@@ -176,6 +176,7 @@ class ModelRecord(_Record):
     device: str = Field(description="device trained on")
     created: str = Field(default_factory=now, description="UTC timestamp")
     reused_checkpoint: str | None = Field(None, description="the cached checkpoint a later run reused")
+    checkpoint_sha256: str | None = Field(None, description="sha256 of the checkpoint file, checked when reused")
 
     @field_validator("first_loss", "final_loss", mode="before")
     @classmethod

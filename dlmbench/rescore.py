@@ -15,7 +15,7 @@ from dlmbench.build import build_metrics, build_task
 from dlmbench.config import MetricEntry, RunConfig
 from dlmbench.context import RunContext
 from dlmbench.data import Generation
-from dlmbench.errors import ConfigError
+from dlmbench.errors import ConfigError, DLMBenchError
 from dlmbench.metric import Metric, score_all, scored_alike
 from dlmbench.records import CellRecord
 from dlmbench.registry import Registry
@@ -51,9 +51,11 @@ def score_missing(store: ResultStore, record: CellRecord, metrics: list[Metric],
     return record
 
 
-def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry, context: RunContext) -> int:
+def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry,
+            context: RunContext) -> tuple[int, dict[str, str]]:
     """Score every finished cell of ``run_dir`` with ``entries`` (replacing results of the
-    same names); returns how many cells were scored."""
+    same names). Returns how many cells were scored, and the cells that could not be (a
+    damaged samples file, a raising metric) with why: those are left as they were."""
     store = ResultStore(Path(run_dir))
     run = store.read_run()
     if run is None:
@@ -62,9 +64,14 @@ def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry,
     config = RunConfig.model_validate(run.config)
     data = build_task(config, registry, context)
     metrics = build_metrics(entries, registry, data, config.budget.evaluator, context)
-    count = 0
+    count, failed = 0, {}
     for record in store.records():
-        if record.ok:
+        if not record.ok:
+            continue
+        try:
             score_missing(store, record, metrics, data, replace=True)
-            count += 1
-    return count
+        except (DLMBenchError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            failed[record.cell_id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            continue
+        count += 1
+    return count, failed

@@ -24,7 +24,8 @@ from typing import Any, Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dlmbench.atomic import write_text_atomic
+from dlmbench.atomic import remove_stale_temps, write_text_atomic
+from dlmbench.names import inside
 from dlmbench.records import SCHEMA_VERSION, CellIdentity, CellRecord, ModelRecord, RunRecord
 
 R = TypeVar("R", bound=BaseModel)
@@ -53,10 +54,10 @@ class ResultStore:
         self.root = Path(self.root)
 
     def cell_path(self, cid: str) -> Path:
-        return self.root / "cells" / f"{cid}.json"
+        return inside(self.root / "cells", f"{cid}.json")
 
     def samples_path(self, cid: str) -> Path:
-        return self.root / "samples" / f"{cid}.jsonl"
+        return inside(self.root / "samples", f"{cid}.jsonl")
 
     def is_done(self, cid: str) -> bool:
         """A cell is done when its record exists, validates and has status 'ok'."""
@@ -78,10 +79,13 @@ class ResultStore:
         write_text_atomic(self.cell_path(record.cell_id), record.to_json())
 
     def write_model(self, record: ModelRecord) -> None:
-        write_text_atomic(self.root / "models" / f"{record.model}-{record.checkpoint_hash}.json", record.to_json())
+        write_text_atomic(self.model_path(record.model, record.checkpoint_hash), record.to_json())
+
+    def model_path(self, model: str, checkpoint_hash: str) -> Path:
+        return inside(self.root / "models", f"{model}-{checkpoint_hash}.json")
 
     def has_model(self, model: str, checkpoint_hash: str) -> bool:
-        return (self.root / "models" / f"{model}-{checkpoint_hash}.json").exists()
+        return self.model_path(model, checkpoint_hash).exists()
 
     def write_run(self, record: RunRecord) -> None:
         write_text_atomic(self.root / "run.json", record.to_json())
@@ -94,6 +98,11 @@ class ResultStore:
 
     def model_records(self) -> list[ModelRecord]:
         return [r for p in sorted((self.root / "models").glob("*.json")) if (r := _read(p, ModelRecord))]
+
+    def remove_stale_temps(self) -> list[Path]:
+        """The temp files that runs killed mid-write left in this store."""
+        return [p for d in (self.root, self.root / "cells", self.root / "samples", self.root / "models")
+                for p in remove_stale_temps(d)]
 
     def migrate(self) -> int:
         """Rename schema-1 cells to their schema-2 ids (metric names left out of the

@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from dlmbench import distributed
-from dlmbench.atomic import write_text_atomic
-from dlmbench.build import build_metrics, build_model, build_sampler, build_task, metric_entries
-from dlmbench.checkpoint import CheckpointSlot, checkpoint_slot, load_checkpoint, save_checkpoint
+from dlmbench.atomic import remove_stale_temps, write_text_atomic
+from dlmbench.build import build_metrics, build_model, build_model_config, build_sampler, build_task, metric_entries
+from dlmbench.checkpoint import CheckpointSlot, checkpoint_slot, file_sha256, load_checkpoint, save_checkpoint
 from dlmbench.config import ModelEntry, RunConfig, stable_hash
 from dlmbench.context import RunContext
 from dlmbench.data import Batch
@@ -49,6 +49,8 @@ class Runner:
     plugin_versions: dict[str, str] = field(default_factory=dict)
     echo: Callable[[str], None] = print
     progress: bool = True
+    on_cell: Callable[[CellRecord], None] | None = None  # after each cell is written (rank 0)
+    retrain: bool = False  # train every model again, replacing its cached checkpoint
 
     def __post_init__(self) -> None:
         if self.context is None:
@@ -58,6 +60,7 @@ class Runner:
         self.world = self.ctx.world
         self.device = self.ctx.device
         self.store = ResultStore(self.config.out_dir)
+        self.trained: set[str] = set()  # checkpoints this run trained (--retrain trains each once)
         if not self.world.is_main:  # one voice and one writer: rank 0
             self.echo, self.progress = (lambda *_: None), False
 
@@ -66,14 +69,23 @@ class Runner:
         return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints)
 
     def obtain(self, model: Model, data: TaskData) -> Model:
-        """Load the cached checkpoint for this exact setup, or train and cache it."""
+        """Load the cached checkpoint for this exact setup, or train and cache it.
+
+        A checkpoint is usable only with its model record beside it (the record is written
+        after the checkpoint, so a crash between the two means: train again), and only if
+        its bytes still match the checksum the record holds."""
         slot = self.checkpoint_slot(model)
-        if slot.path.exists():
+        usable = slot.path.exists() and slot.record_path.exists()
+        if usable and not (self.retrain and slot.digest not in self.trained):
+            record = ModelRecord.model_validate_json(slot.record_path.read_bytes())
+            self.verify(slot, record)
             load_checkpoint(model, slot.path, slot.key)
-            self.echo(f"[{model.name}] reusing checkpoint {slot.path}")
-            self.record_reused_model(slot)
+            self.echo(f"[{model.name}] reusing checkpoint {slot.path}: its stamp {slot.digest} matches this "
+                      f"model config, data spec and training budget (trained {record.created}; --retrain to redo)")
+            self.record_reused_model(slot, record)
         else:
             self.train(model, data, slot)
+            self.trained.add(slot.digest)
         model.to(self.device)
         if self.config.compile:
             compile_network(model)  # children of model.network only: NFE hooks stay eager
@@ -111,6 +123,7 @@ class Runner:
             return
         save_checkpoint(model, slot.path, slot.key, extra={"train_seconds": report.seconds})
         record = ModelRecord(
+            checkpoint_sha256=file_sha256(slot.path),
             model=model.name, checkpoint_hash=slot.digest, model_config=model.config.model_dump(mode="json"),
             train_steps=report.steps, train_tokens=report.tokens, train_seconds=report.seconds,
             precision=self.config.precision, compile=self.config.compile,
@@ -127,12 +140,19 @@ class Runner:
         self.echo(f"[{model.name}] trained in {report.seconds:.0f}s, final loss {report.losses[-1]:.3f}")
         distributed.barrier()
 
-    def record_reused_model(self, slot: CheckpointSlot) -> None:
+    @staticmethod
+    def verify(slot: CheckpointSlot, record: ModelRecord) -> None:
+        """A checkpoint whose bytes changed since training is never silently used."""
+        if record.checkpoint_sha256 is not None and file_sha256(slot.path) != record.checkpoint_sha256:
+            raise CheckpointError(
+                f"checkpoint {str(slot.path)!r} does not match the checksum in its record "
+                f"{str(slot.record_path)!r} (changed or damaged since training); run again with --retrain")
+
+    def record_reused_model(self, slot: CheckpointSlot, record: ModelRecord) -> None:
         """Give this run the model record of a cached checkpoint (its training facts are in
         the JSON beside it), so its tables show training and likelihood bounds too."""
-        if not self.world.is_main or not slot.record_path.exists():
+        if not self.world.is_main:
             return
-        record = ModelRecord.model_validate_json(slot.record_path.read_bytes())
         if self.store.has_model(record.model, record.checkpoint_hash):
             return
         self.store.write_model(record.model_copy(update={
@@ -160,17 +180,33 @@ class Runner:
         data = build_task(cfg, self.registry, self.ctx)
         metrics = build_metrics(metric_entries(cfg, self.registry), self.registry, data, cfg.budget.evaluator,
                                 self.ctx)
+        self.validate_entries(data)
         if self.world.is_main:
+            stale = self.store.remove_stale_temps() + remove_stale_temps(self.ctx.checkpoints)
+            if stale:
+                self.echo(f"removed {len(stale)} temp file(s) left by a killed run")
             self.store.migrate()
             self.store.write_run(RunRecord(config=cfg.model_dump(mode="json")))
         self.echo(
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
             f"metrics {', '.join(m.name for m in metrics)}"
         )
-        records = [self.reference_cell(data, metrics)] if self.world.is_main else []
+        records = [self.guarded_reference_cell(data, metrics)] if self.world.is_main else []
         for entry in cfg.models:
             records.extend(self.run_model(entry, data, metrics))
         return records if self.world.is_main else []
+
+    def validate_entries(self, data: TaskData) -> None:
+        """Every model's options and sampler resolve before any model trains, so a typo in
+        the last entry is reported at once, not after the first model's training."""
+        for entry in self.config.models:
+            try:
+                build_model_config(entry, self.config.preset, self.registry)
+                build_sampler(entry, self.registry, data.spec.prefix_len > 0)
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001, S112 - a broken plugin fails its own cells later
+                continue
 
     def identity(self, model: str, model_hash: str, sampler: str, settings: dict, steps: int, seed: int) -> CellIdentity:
         return CellIdentity(run=self.config.name, model=model, model_hash=model_hash, sampler=sampler,
@@ -191,7 +227,21 @@ class Runner:
         record = self.store.read(cid)
         if record is None or not record.ok:
             return None
-        return score_missing(self.store, record, metrics, data)
+        try:
+            return score_missing(self.store, record, metrics, data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged samples: sample the cell again
+            self.echo(f"cell {cid}: its stored samples cannot be read ({type(exc).__name__}); sampling it again")
+            return None
+
+    def guarded_reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
+        """The held-out row, or its failure recorded: a raising metric does not end the run."""
+        try:
+            return self.reference_cell(data, metrics)
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric fails only its own cells
+            b = self.config.budget
+            cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
+            common = {**self.base_fields(data), "model": "data", "label": "data (held-out)", "sampler": "held-out"}
+            return self.fail(common, 0, b.data_seed, cid, exc)
 
     def reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
         """Score held-out data with the same metrics: the row every model is read against."""
@@ -206,8 +256,7 @@ class Runner:
             wall_time_s=0.0,
         )
         record = record.model_copy(update={"metrics": score_all(metrics, stored_generation(self.store, record, data), data)})
-        self.store.write_cell(record)
-        return record
+        return self.written(record)
 
     def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric]) -> list[CellRecord]:
         cfg, b = self.config, self.config.budget
@@ -258,17 +307,22 @@ class Runner:
                           self.identity(entry.name, entry_hash, sampler, entry.sampler_options, steps, seed).cell_id, exc)
                 for steps in self.config.budget.steps for seed in self.config.budget.seeds]
 
+    def written(self, record: CellRecord) -> CellRecord:
+        """Store ``record`` (rank 0) and tell ``on_cell``."""
+        if self.world.is_main:
+            self.store.write_cell(record)
+            if self.on_cell is not None:
+                self.on_cell(record)
+        return record
+
     def fail(self, common: dict, steps: int, seed: int, cid: str, exc: BaseException) -> CellRecord:
         if isinstance(exc, CheckpointError):
             text = str(exc)
         else:
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         self.echo(f"[{common['model']}] cell steps={steps} seed={seed} FAILED: {text}")
-        record = CellRecord(**common, cell_id=cid, status="error", error=text, traceback=traceback.format_exc(),
-                            steps=steps, seed=seed)
-        if self.world.is_main:
-            self.store.write_cell(record)
-        return record
+        return self.written(CellRecord(**common, cell_id=cid, status="error", error=text,
+                                       traceback=traceback.format_exc(), steps=steps, seed=seed))
 
     def run_cell(self, common: dict, model: Model, sampler: Sampler, data: TaskData, metrics: list[Metric],
                  steps: int, seed: int, cid: str) -> CellRecord | None:
@@ -293,7 +347,7 @@ class Runner:
             max_nfe=sampler.max_nfe(steps, model.spec), num_samples=b.num_samples, metrics=scores,
             wall_time_s=run.seconds, score_time_s=score_time,
         )
-        self.store.write_cell(record)
+        self.written(record)
         summary = ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
                             for k, v in record.metrics.items())
         self.echo(f"[{common['label']}] steps={steps} seed={seed} nfe={run.nfe:g} {run.seconds:.1f}s: {summary}")

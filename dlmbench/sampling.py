@@ -68,6 +68,12 @@ def generate(
                 raise RuntimeError(
                     f"sampler {sampler.name!r} returned {tuple(ids.shape)} {ids.dtype}, expected {expected} int64"
                 )
+            bad = ids[(ids < 0) | (ids >= model.spec.vocab_size)]
+            if bad.numel():
+                raise RuntimeError(
+                    f"sampler {sampler.name!r} of model {model.name!r} returned ids outside the vocabulary "
+                    f"[0, {model.spec.vocab_size}): {sorted(set(bad.tolist()))[:8]}"
+                )
             outs[b] = ids.cpu()
             if on_batch is not None:
                 on_batch(n)

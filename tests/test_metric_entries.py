@@ -77,9 +77,9 @@ def test_dlmbench_eval_scores_stored_samples_with_zero_nfe_and_records_the_optio
     cfg = toy_config(metrics=["starts-right"])
     first = {r.cell_id: r for r in run(cfg, toy_and_builtins)}
     rows = count_network_rows(monkeypatch)
-    n = rescore(cfg.out_dir, [MetricEntry.model_validate("unigram-entropy:ids=model")], toy_and_builtins,
-                RunContext(cache=cfg.cache, offline=True))
-    assert n == len(first) and sum(rows) == 0
+    n, failed = rescore(cfg.out_dir, [MetricEntry.model_validate("unigram-entropy:ids=model")], toy_and_builtins,
+                        RunContext(cache=cfg.cache, offline=True))
+    assert n == len(first) and not failed and sum(rows) == 0
     from dlmbench.results import ResultStore
 
     for record in ResultStore(cfg.out_dir).records():
@@ -91,3 +91,38 @@ def test_dlmbench_eval_scores_stored_samples_with_zero_nfe_and_records_the_optio
     stored = {r.cell_id: r for r in ResultStore(cfg.out_dir).records()}
     assert {c: r.metrics["unigram-entropy"].value for c, r in fresh.items()} == \
         {c: r.metrics["unigram-entropy"].value for c, r in stored.items()}
+
+
+def test_eval_over_a_damaged_samples_file_fails_that_cell_only(toy_config, toy_and_builtins):
+    from dlmbench.context import RunContext
+    from dlmbench.rescore import rescore
+    from dlmbench.results import ResultStore
+
+    cfg = toy_config(metrics=["starts-right"])
+    run(cfg, toy_and_builtins)
+    store = ResultStore(cfg.out_dir)
+    victim = next(r for r in store.records() if r.model == "toy")
+    store.samples_path(victim.cell_id).write_bytes(b'{"i": 0, "ids": [1, 2\n\xff\xfe')  # torn and not UTF-8
+    before = {p.name: p.read_bytes() for p in (cfg.out_dir / "cells").glob("*.json")}
+    n, failed = rescore(cfg.out_dir, [MetricEntry.model_validate("unigram-entropy:ids=model")], toy_and_builtins,
+                        RunContext(cache=cfg.cache, offline=True))
+    assert list(failed) == [victim.cell_id] and n == len(before) - 1
+    after = {p.name: p.read_bytes() for p in (cfg.out_dir / "cells").glob("*.json")}
+    assert after[f"{victim.cell_id}.json"] == before[f"{victim.cell_id}.json"]  # left exactly as it was
+    assert all(after[k] != v for k, v in before.items() if k != f"{victim.cell_id}.json")  # the others scored
+
+
+def test_a_rerun_with_a_new_metric_samples_again_only_the_cell_whose_samples_are_damaged(toy_config,
+                                                                                        toy_and_builtins):
+    from dlmbench.results import ResultStore
+
+    cfg = toy_config(metrics=["starts-right"])
+    first = {r.cell_id: r for r in run(cfg, toy_and_builtins)}
+    store = ResultStore(cfg.out_dir)
+    victim = next(c for c, r in first.items() if r.model == "toy")
+    store.samples_path(victim).write_text("not json\n")
+    again = {r.cell_id: r for r in run(toy_config(metrics=["starts-right", "unigram-entropy:ids=model"]),
+                                       toy_and_builtins)}
+    assert all(r.ok and "unigram-entropy" in r.metrics for r in again.values())
+    assert len(store.read_samples(victim)) == cfg.budget.num_samples  # sampled again and stored whole
+    assert all(again[c].created == r.created for c, r in first.items() if c != victim)  # not re-sampled

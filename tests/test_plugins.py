@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import dlmbench
 from dlmbench import hookspecs
-from dlmbench.errors import ConfigError
+from dlmbench.errors import ConfigError, UnknownNameError
 from dlmbench.plugins import UnmarkedHookWarning, build_registry, get_plugin_manager
 
 README = Path(__file__).parents[1] / "README.md"
@@ -49,7 +49,7 @@ def test_registering_a_non_model_is_a_type_error():
             register(dict)
 
     pm = get_plugin_manager(autoload=False, defaults=False, extra=[Bad()])
-    with pytest.raises(TypeError, match="not a Model subclass"):
+    with pytest.raises(TypeError, match="through register_models, which takes dlmbench.Model subclasses"):
         build_registry(pm)
 
 
@@ -158,3 +158,50 @@ def test_register_commands_adds_a_subcommand():
     get_plugin_manager(autoload=False, defaults=False, extra=[Commands()]).hook.register_commands(cli=group)
     result = CliRunner().invoke(group, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
+
+
+def _registry_of(*plugins):
+    return build_registry(get_plugin_manager(autoload=False, defaults=False, extra=list(plugins)))
+
+
+def test_plugin_mistakes_each_get_one_message_naming_the_fix():
+    import toyplugin
+
+    class NoConfig(dlmbench.Model):
+        name = "noconf"
+
+    class WrongConfig(toyplugin.ToyModel):
+        name = "wrongconf"
+        Config = dict
+
+    class Orphan(toyplugin.Reveal):
+        name = "topk"
+        model = "bda"
+
+    def plugin(hook, cls):
+        holder = type("P", (), {hook: staticmethod(dlmbench.hookimpl(lambda register: register(cls)))})
+        return holder()
+
+    cases = [
+        (plugin("register_models", NoConfig), "has no Config of its own: set `Config = NoConfigConfig`"),
+        (plugin("register_models", WrongConfig), "is not a dlmbench.ModelConfig subclass; derive it from"),
+        (plugin("register_samplers", Orphan), "sampler 'topk' from plugin"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(TypeError, match=re.escape(message)):
+            _registry_of(toyplugin, bad)
+    with pytest.raises(TypeError, match="is registered for model 'bda', which no plugin registers"):
+        _registry_of(toyplugin, cases[2][0])
+
+
+def test_a_sampler_of_another_model_is_named_with_its_owner():
+    import toyplugin
+
+    from dlmbench.builtin.ar import AR
+
+    registry = _registry_of(toyplugin)
+    registry.add_model(AR, "builtin")
+    with pytest.raises(UnknownNameError, match="sampler 'reveal' is registered for 'toy', not for 'ar'"):
+        registry.sampler("ar", "reveal")
+    with pytest.raises(UnknownNameError, match="entry-point group; `dlmbench plugins` lists what loaded"):
+        registry.model("d3pm")

@@ -82,7 +82,7 @@ def test_proxy_is_trained_once_learns_the_text_and_is_labelled(setup, monkeypatc
     cell = CellRecord.model_validate({
         "cell_id": "c", "run": "r", "task": "t", "task_fingerprint": "f", "budget_hash": "b", "device": "cpu",
         "versions": {}, "budget": {"seq_len": 16, "steps": [4], "num_samples": 16, "batch_size": 1,
-                                   "train_tokens": 0, "seeds": [0], "evaluator": "oracle"},
+                                   "train_tokens": 1, "seeds": [0], "evaluator": "oracle"},
         "label": "ar/ancestral", "model": "ar", "sampler": "ancestral", "steps": 4, "seed": 0, "nfe": 4.0,
         "wall_time_s": 1.0, "status": "ok",
         "metrics": {"gen-ppl": {"value": good.value, "stderr": None, "higher_is_better": False,

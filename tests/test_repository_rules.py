@@ -63,3 +63,14 @@ def test_no_citation_of_a_document_outside_the_repository():
             continue
         hits += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
     assert not hits, "cite the paper (section, table, equation) or upstream file@commit instead: " + ", ".join(hits)
+
+
+def test_the_public_names_the_plugin_guide_lists_exist():
+    import dlmbench
+
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("- **Public names.**"): readme.index("- **Mistakes are named.**")]
+    names = [n for n in re.findall(r"`([\w.]+)`", bullet) if "." not in n and n != "dlmbench"]
+    assert len(names) > 15
+    missing = [n for n in names if not hasattr(dlmbench, n)]
+    assert not missing, f"README lists names dlmbench does not export: {missing}"

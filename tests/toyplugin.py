@@ -26,7 +26,7 @@ class ToyConfig(dlmbench.ModelConfig):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"hidden": 16}}
     hidden: int = 16
     lr: float = 1e-2
-    fail_in: str | None = None  # "build", "loss" or "sample": raise there (failure isolation tests)
+    fail_in: str | None = None  # "build", "loss" or "sample": raise there; "ids": return ids past the vocabulary
     prepare_tokens: int = 0  # > 0: Model.prepare freezes the position table and reports these tokens
 
 
@@ -105,6 +105,8 @@ class Reveal(dlmbench.Sampler):
             logits[..., spec.mask_id] = float("-inf")
             draw = sample_from_logits(logits, request.generator)
             x[:, chunk] = draw[:, chunk]
+        if model.config.fail_in == "ids":
+            x[0, -1] = spec.vocab_size + 3
         return x
 
     def max_nfe(self, steps, spec=None):

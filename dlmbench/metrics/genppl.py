@@ -54,6 +54,7 @@ from dlmbench.data import Generation
 from dlmbench.errors import ConfigError, HubUnavailableError
 from dlmbench.metric import Metric, MetricConfig, MetricValue
 from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, resolve_evaluator
+from dlmbench.safe_weights import from_pretrained_safetensors
 from dlmbench.task import TaskData
 
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
@@ -63,14 +64,21 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 # --- loading the evaluator -------------------------------------------------------------
 def _load(loader: Any, name: str, what: str, offline: bool) -> Any:
-    """``loader.from_pretrained(name)``: a local path, the cache, then (online) the hub."""
+    """``loader.from_pretrained(name)``: a local path, the cache, then (online) the hub.
+    Model weights load as safetensors only (:mod:`dlmbench.safe_weights`)."""
+
+    def load(source: str, **kwargs: Any) -> Any:
+        if what == "model":
+            return from_pretrained_safetensors(loader, source, f"evaluator={name!r}:", **kwargs)
+        return loader.from_pretrained(source, **kwargs)  # a tokenizer: its files hold no weights
+
     path = Path(name).expanduser()
     if path.exists():
-        return loader.from_pretrained(str(path))
+        return load(str(path))
     if not _HUB_ID.fullmatch(name):  # looks like a path, not "name" or "org/name"
         raise ConfigError(f"evaluator={name!r}: no such directory")
     try:
-        return loader.from_pretrained(name, local_files_only=True)
+        return load(name, local_files_only=True)
     except (OSError, ValueError) as cached_error:
         if offline:
             raise HubUnavailableError(
@@ -80,7 +88,7 @@ def _load(loader: Any, name: str, what: str, offline: bool) -> Any:
             ) from cached_error
     _probe_hub(name)  # one short request instead of minutes of download retries
     try:
-        return loader.from_pretrained(name)
+        return load(name)
     except OSError as error:  # the hub answered the probe: a wrong, gated or partial repo
         raise ConfigError(f"evaluator={name!r}: cannot load its {what} from the hub: {error}") from error
 

@@ -81,9 +81,12 @@ class ModelConformance:
     # checks --------------------------------------------------------------------------------
     def test_registered(self, registry):
         cls = registry.model(self.model_name)
-        assert issubclass(cls, Model) and cls.name == self.model_name
+        assert issubclass(cls, Model) and cls.name == self.model_name, \
+            f"{cls!r} registered as {self.model_name!r}: a dlmbench.Model subclass with name = {self.model_name!r}"
         assert registry.samplers_for(self.model_name), "register at least one sampler"
-        assert cls.default_sampler in registry.samplers_for(self.model_name)
+        assert cls.default_sampler in registry.samplers_for(self.model_name), (
+            f"default_sampler = {cls.default_sampler!r}, but {self.model_name!r} has the samplers "
+            f"{registry.samplers_for(self.model_name)}; set default_sampler to one of them")
 
     def test_config_round_trip_and_strict(self, registry):
         cls = registry.model(self.model_name)
@@ -141,7 +144,9 @@ class ModelConformance:
         prefix = self.prefixes(spec, 4)
         a = generate(model, sampler, self.steps[-1], 4, seed=3, prefixes=prefix).ids
         b = generate(model, sampler, self.steps[-1], 4, seed=3, prefixes=prefix).ids
-        assert torch.equal(a, b)
+        assert torch.equal(a, b), (
+            f"sampler {sampler.name!r} gave other ids on the same seed at {int((a != b).sum())} of {a.numel()} "
+            "positions: draw every random number from request.generator (dlmbench.categorical helps)")
 
     def test_save_load_round_trip(self, registry, spec, tmp_path_factory):
         from dlmbench.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint, state_dict_equal
@@ -160,4 +165,6 @@ class ModelConformance:
         prefix = self.prefixes(spec, 2)
         a = generate(model.eval(), sampler, self.steps[-1], 2, seed=5, prefixes=prefix).ids
         b = generate(fresh.eval(), sampler, self.steps[-1], 2, seed=5, prefixes=prefix).ids
-        assert torch.equal(a, b)
+        assert torch.equal(a, b), (
+            "the weights survived the round trip but the samples did not: the model keeps state outside "
+            "its state_dict, or the sampler is not seeded (see test_seed_determinism)")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+# The conformance kit's failures show the values they compared (pytest's assertion rewriting).
+pytest.register_assert_rewrite("dlmbench.testing.conformance")
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("dlmbench")

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from dlmbench.data import DataSpec
 from dlmbench.environment import hub_offline
 from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench.safe_weights import from_pretrained_safetensors
 from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.pretrain import pretrain_encoder
 
@@ -76,9 +77,8 @@ def load_pretrained_t5(name: str, pretrained_weights: bool = True):
     offline = hub_offline()
     try:
         if pretrained_weights:
-            model = T5EncoderModel.from_pretrained(
-                path, dropout_rate=0.0, local_files_only=local or offline
-            )
+            model = from_pretrained_safetensors(T5EncoderModel, path, "ELF encoder_name",
+                                                dropout_rate=0.0, local_files_only=local or offline)
             config = model.config
         else:
             model = None
