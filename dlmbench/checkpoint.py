@@ -7,12 +7,15 @@ built, so a cached checkpoint is never silently reused for another configuration
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
+import sys
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -58,11 +61,42 @@ class CheckpointSlot:
         return self.path.with_suffix(".json")
 
 
-def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path) -> CheckpointSlot:
-    """The cached checkpoint for ``model`` trained under ``budget`` at ``precision``: the
-    key holds the model config, the data spec and every training fact that changes the
-    weights (bf16 trains other weights; fp32 keys stay as they were before bf16 existed)."""
-    training = budget.training_key()
+#: Core files whose code shapes trained weights, besides the model plugin's own package.
+CORE_TRAINING = ("training.py", "ema.py", "model.py", "data.py", "schedule.py", "prefix.py", "nn")
+
+
+def _source_digest(paths: Iterable[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(model_cls: type) -> dict[str, str]:
+    """The code that trains ``model_cls``: its plugin's name, version and a hash of the
+    plugin package's source files, and a hash of the core's training code. Part of every
+    checkpoint key, so editing ``loss`` (or the training loop) never reuses old weights."""
+    import dlmbench
+
+    package = Path(sys.modules[model_cls.__module__].__file__).resolve().parent
+    core = Path(dlmbench.__file__).resolve().parent
+    top = model_cls.__module__.split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top, [])
+    version = importlib.metadata.version(dists[0]) if dists else dlmbench.__version__
+    plugin_files = [p for p in package.rglob("*.py") if "tests" not in p.relative_to(package).parts]
+    core_files = [p for name in CORE_TRAINING for p in ([core / name] if name.endswith(".py") else
+                                                         (core / name).rglob("*.py"))]
+    return {"plugin": top, "version": version, "source": _source_digest(plugin_files, package),
+            "core": _source_digest(core_files, core)}
+
+
+def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path, data_fingerprint: str) -> CheckpointSlot:
+    """The cached checkpoint for ``model`` trained under ``budget`` at ``precision`` on the
+    data with ``data_fingerprint``: the key holds the model config, the data spec and
+    fingerprint, the code that trains it (:func:`code_fingerprint`) and every training
+    fact that changes the weights."""
+    training = {**budget.training_key(), "data": data_fingerprint, "code": code_fingerprint(type(model))}
     if precision != "fp32":
         training = {**training, "precision": precision}
     key = checkpoint_key(model.name, model.config, model.spec, training)

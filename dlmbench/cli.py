@@ -238,7 +238,10 @@ def run(**opts: Any) -> None:
     command = "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
 
     def write_board(_record=None) -> None:  # a long run shows its partial table as it goes
-        write_text_atomic(board, render_markdown(*load_records([config.out_dir]), command=command))
+        cells, models = load_records([config.out_dir])
+        budgets = {c.budget_hash for c in cells}
+        mine = config.budget_hash() if budgets - {config.budget_hash()} else None  # the command made only its own
+        write_text_atomic(board, render_markdown(cells, models, command=command, command_budget=mine))
 
     runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=click.echo,
                     progress=not opts["no_progress"], on_cell=write_board if opts["leaderboard"] else None,
@@ -287,7 +290,7 @@ def train(**opts: Any) -> None:
     for entry in config.models:
         model = build_model(entry, config.preset, registry, data)
         runner.obtain(model, data)
-        click.echo(f"{entry.name}: {runner.checkpoint_slot(model).path}")
+        click.echo(f"{entry.name}: {runner.checkpoint_slot(model, data).path}")
 
 
 @cli.command()
@@ -313,7 +316,7 @@ def sample(**opts: Any) -> None:
     if opts.get("checkpoint"):
         load_checkpoint(model, opts["checkpoint"])
     else:
-        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints)
+        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints, data.fingerprint())
         load_checkpoint(model, slot.path, slot.key)
     model.to(context.device)
     sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)

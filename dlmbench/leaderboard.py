@@ -8,6 +8,7 @@ standard error when there is a single seed), the measured NFE and the wall time.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -61,10 +62,11 @@ def _evaluator_text(evaluator: str) -> str:
     return f"`{evaluator}`"
 
 
-def _groups(cells: list[CellRecord]) -> dict[tuple[str, str], list[CellRecord]]:
-    groups: dict[tuple[str, str], list[CellRecord]] = defaultdict(list)
+def _groups(cells: list[CellRecord]) -> dict[tuple[str, str, str], list[CellRecord]]:
+    """Cells that may share a section: same task, budget and data (task fingerprint)."""
+    groups: dict[tuple[str, str, str], list[CellRecord]] = defaultdict(list)
     for c in cells:
-        groups[(c.task, c.budget_hash)].append(c)
+        groups[(c.task, c.budget_hash, c.task_fingerprint)].append(c)
     return groups
 
 
@@ -95,62 +97,120 @@ def _cell_text(entries: list[CellRecord], metric: str, reference: bool) -> str:
     return f"{text} · NFE {nfe:.4g} · {secs:.3g}s"
 
 
+def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelRecord]) -> list[str]:
+    """One task/budget/data section: the budget, one table per metric (one per distinct
+    settings of it, stated), and the training table of its checkpoints."""
+    budget = group[0].budget
+    spread = "standard deviation over seeds" if len(budget.seeds) > 1 else "standard error over samples"
+    out = [_budget_line(budget), "",
+           f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell.", "",
+           f"Device: {', '.join(sorted({c.device for c in group}))}.", ""]
+    steps = sorted({c.steps for c in group if not c.is_reference})
+    for metric in _metric_names(group):
+        by_settings: dict[str, list[CellRecord]] = defaultdict(list)
+        for c in group:
+            if metric in c.metrics:
+                by_settings[json.dumps(c.metrics[metric].config, sort_keys=True)].append(c)
+        for settings, cells in by_settings.items():
+            out += _metric_table(metric, cells, steps, settings if len(by_settings) > 1 else None)
+    group_models = [m for m in models if m.task == task and m.budget_hash == bhash]
+    if group_models:
+        out += ["### Training and likelihood bounds", ""]
+        ordered = sorted(group_models, key=lambda m: (m.model, _rows_of(m, group)))
+        checkpoints = [(_rows_of(m, group) or m.model, m) for m in ordered]
+        rows = []
+        for label, m in checkpoints:
+            bound = m.likelihood_bound
+            rows.append([
+                label, f"{m.parameters:,}", f"{m.train_tokens:,}", f"{m.train_seconds:.0f}s",
+                _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
+                _fmt(bound.ppl_bound if bound else None),
+            ])
+        headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
+                   "NELBO/token (nats) ↓", "PPL bound ↓"]
+        out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
+        out += _prepared_notes(checkpoints)
+    return out
+
+
+def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settings: str | None) -> list[str]:
+    """One metric's table over ``cells``, which all scored it with the same settings
+    (``settings`` is stated when the section holds several)."""
+    info = cells[0].metrics[metric]
+    arrow = "↑" if info.higher_is_better else "↓"
+    evaluator = info.details.get("evaluator")  # set by the metrics an LM judged
+    note = info.details.get("proxy_note")
+    rows_by_label = _rows(c for c in cells if not c.is_reference)
+    reference = [c for c in cells if c.is_reference]
+    table = []
+    if reference:
+        table.append(["data (held-out)"] + [_cell_text(reference, metric, reference=True)] * len(steps))
+    for label in sorted(rows_by_label):
+        by_steps = rows_by_label[label]
+        table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
+    out = [f"### {metric} {arrow}", ""]
+    if settings is not None:
+        out += [f"Settings: `{settings}` (cells scored with other settings are in their own table).", ""]
+    if evaluator:
+        out += [f"Evaluator: `{evaluator}`" + (f" ({note})." if note else "."), ""]
+    out += [tabulate(table, headers=["model/sampler"] + [f"steps={s}" for s in steps], tablefmt="github"), ""]
+    return out
+
+
+def row_identity(cell: CellRecord) -> str:
+    """What makes a row: the checkpoint (model and its options), the sampler and its
+    settings. Cells that differ in any of them are never averaged as if they were seeds."""
+    return json.dumps([cell.model, cell.checkpoint_hash, cell.sampler, cell.sampler_settings], sort_keys=True)
+
+
+def _rows(cells) -> dict[str, dict[int, list[CellRecord]]]:
+    """``{row name: {steps: cells}}``; a label that names several row identities (two
+    entries given one label, or a sampler setting added since) is split, each row named
+    with what tells it apart."""
+    by_identity: dict[tuple[str, str], dict[int, list[CellRecord]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        by_identity[(c.label, row_identity(c))][c.steps].append(c)
+    labels = defaultdict(list)
+    for label, identity in by_identity:
+        labels[label].append(identity)
+    out = {}
+    for (label, identity), by_steps in by_identity.items():
+        if len(labels[label]) > 1:
+            cell = next(iter(by_steps.values()))[0]
+            label = f"{label} [checkpoint {str(cell.checkpoint_hash)[:8]}, settings {json.dumps(cell.sampler_settings)}]"
+        out[label] = by_steps
+    return out
+
+
+def _produced_by(command: str) -> list[str]:
+    return ["Produced by:", "", "```", command, "```", ""]
+
+
 def render_markdown(cells: list[CellRecord], models: list[ModelRecord] | None = None,
-                    command: str | None = None) -> str:
-    """The leaderboard as markdown; ``command`` is the command that made the results."""
+                    command: str | None = None, command_budget: str | None = None) -> str:
+    """The leaderboard as markdown; ``command`` is the command that made the results:
+    stated at the top, or with ``command_budget`` above only the sections of that budget
+    (a run directory reused with another budget keeps its older sections, without it).
+
+    Cells share a section only when task, budget and data agree, and a table only when
+    the metric's settings (evaluator, protocol, ...) agree too: nothing incomparable is
+    averaged."""
     models = models or []
     out: list[str] = []
-    if command:
-        out += ["Produced by:", "", "```", command, "```", ""]
+    if command and command_budget is None:
+        out += _produced_by(command)
     ok = [c for c in cells if c.ok]
     failed = [c for c in cells if not c.ok]
-    for (task, bhash), group in sorted(_groups(ok).items()):
-        budget = group[0].budget
-        seeds = budget.seeds
-        out += [f"## Task `{task}` (budget `{bhash}`)", "", _budget_line(budget), ""]
-        spread = "standard deviation over seeds" if len(seeds) > 1 else "standard error over samples"
-        out += [f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell.", ""]
-        devices = sorted({c.device for c in group})
-        out += [f"Device: {', '.join(devices)}.", ""]
-        steps = sorted({c.steps for c in group if not c.is_reference})
-        rows_by_label: dict[str, dict[int, list[CellRecord]]] = defaultdict(lambda: defaultdict(list))
-        reference = [c for c in group if c.is_reference]
-        for c in group:
-            if not c.is_reference:
-                rows_by_label[c.label][c.steps].append(c)
-        for metric in _metric_names(group):
-            info = next(c.metrics[metric] for c in group if metric in c.metrics)
-            arrow = "↑" if info.higher_is_better else "↓"
-            evaluator = info.details.get("evaluator")  # set by the metrics an LM judged
-            note = info.details.get("proxy_note")
-            table = []
-            if reference:
-                ref = _cell_text(reference, metric, reference=True)
-                table.append(["data (held-out)"] + [ref] * len(steps))
-            for label in sorted(rows_by_label):
-                by_steps = rows_by_label[label]
-                table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
-            out += [f"### {metric} {arrow}", ""]
-            if evaluator:
-                out += [f"Evaluator: `{evaluator}`" + (f" ({note})." if note else "."), ""]
-            out += [tabulate(table, headers=["model/sampler"] + [f"steps={s}" for s in steps], tablefmt="github"), ""]
-        group_models = [m for m in models if m.task == task and m.budget_hash == bhash]
-        if group_models:
-            out += ["### Training and likelihood bounds", ""]
-            ordered = sorted(group_models, key=lambda m: (m.model, _rows_of(m, group)))
-            checkpoints = [(_rows_of(m, group) or m.model, m) for m in ordered]
-            rows = []
-            for label, m in checkpoints:
-                bound = m.likelihood_bound
-                rows.append([
-                    label, f"{m.parameters:,}", f"{m.train_tokens:,}", f"{m.train_seconds:.0f}s",
-                    _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
-                    _fmt(bound.ppl_bound if bound else None),
-                ])
-            headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
-                       "NELBO/token (nats) ↓", "PPL bound ↓"]
-            out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
-            out += _prepared_notes(checkpoints)
+    groups = _groups(ok)
+    fingerprints: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for task, bhash, fingerprint in groups:
+        fingerprints[(task, bhash)].add(fingerprint)
+    for (task, bhash, fingerprint), group in sorted(groups.items()):
+        data = f", data `{fingerprint}`" if len(fingerprints[(task, bhash)]) > 1 else ""
+        out += [f"## Task `{task}` (budget `{bhash}`{data})", ""]
+        if command and command_budget == bhash:
+            out += _produced_by(command)
+        out += _section(task, bhash, group, models)
     if failed:
         out += ["## Failed cells", ""]
         for c in failed:

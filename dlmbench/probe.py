@@ -124,6 +124,7 @@ def probe(config: RunConfig, registry, context: RunContext, *, steps: int = 2, s
     """Probe every model of ``config``, built as the runner builds it (untrained weights:
     memory does not depend on their values)."""
     from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.runner import default_label
     from dlmbench.errors import ConfigError
     from dlmbench.training import compile_network
 
@@ -135,7 +136,7 @@ def probe(config: RunConfig, registry, context: RunContext, *, steps: int = 2, s
         try:
             model = build_model(entry, config.preset, registry, data).to(device)
             sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)  # as the runner does
-            label = entry.label or f"{entry.name}/{sampler.name}"
+            label = entry.label or default_label(entry, sampler.name)
             if config.compile:
                 compile_network(model)
             echo(f"[{label}] probing micro-batches {start}..{limit} on {device} "

@@ -37,6 +37,15 @@ from dlmbench.task import TaskData
 from dlmbench.training import compile_network, fit
 
 
+def default_label(entry: ModelEntry, sampler: str) -> str:
+    """``model/sampler``, followed by whatever the entry sets away from the defaults
+    (its preset, model options, sampler options), so differently set rows read apart."""
+    changed = ([f"preset={entry.preset}"] if entry.preset else []) + \
+        [f"{k}={v}" for k, v in sorted(entry.options.items())] + \
+        [f"{k}={v}" for k, v in sorted(entry.sampler_options.items())]
+    return f"{entry.name}/{sampler}" + (f" ({', '.join(changed)})" if changed else "")
+
+
 @dataclass
 class Runner:
     """One run: ``config`` says what to evaluate, ``context`` where and on what. Without
@@ -65,8 +74,9 @@ class Runner:
             self.echo, self.progress = (lambda *_: None), False
 
     # -- training ---------------------------------------------------------------------------
-    def checkpoint_slot(self, model: Model) -> CheckpointSlot:
-        return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints)
+    def checkpoint_slot(self, model: Model, data: TaskData) -> CheckpointSlot:
+        return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints,
+                               data.fingerprint())
 
     def obtain(self, model: Model, data: TaskData) -> Model:
         """Load the cached checkpoint for this exact setup, or train and cache it.
@@ -74,14 +84,15 @@ class Runner:
         A checkpoint is usable only with its model record beside it (the record is written
         after the checkpoint, so a crash between the two means: train again), and only if
         its bytes still match the checksum the record holds."""
-        slot = self.checkpoint_slot(model)
+        slot = self.checkpoint_slot(model, data)
         usable = slot.path.exists() and slot.record_path.exists()
         if usable and not (self.retrain and slot.digest not in self.trained):
             record = ModelRecord.model_validate_json(slot.record_path.read_bytes())
             self.verify(slot, record)
             load_checkpoint(model, slot.path, slot.key)
             self.echo(f"[{model.name}] reusing checkpoint {slot.path}: its stamp {slot.digest} matches this "
-                      f"model config, data spec and training budget (trained {record.created}; --retrain to redo)")
+                      f"model config, task data, training code and training budget (trained {record.created}; "
+                      f"--retrain to redo)")
             self.record_reused_model(slot, record)
         else:
             self.train(model, data, slot)
@@ -186,6 +197,10 @@ class Runner:
             if stale:
                 self.echo(f"removed {len(stale)} temp file(s) left by a killed run")
             self.store.migrate()
+            others = sorted({r.budget_hash for r in self.store.records()} - {cfg.budget_hash()})
+            if others:
+                self.echo(f"note: {self.store.root} also holds results of budget(s) {', '.join(others)}; they stay "
+                          f"in their own sections and are never averaged with budget {cfg.budget_hash()}")
             self.store.write_run(RunRecord(config=cfg.model_dump(mode="json")))
         self.echo(
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
@@ -268,8 +283,8 @@ class Runner:
             raise  # a configuration error stops the run: nothing would be comparable
         except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build fails its cells
             return self.fail_unbuildable(entry, data, exc)
-        slot = self.checkpoint_slot(model)
-        label = entry.label or f"{entry.name}/{sampler.name}"
+        slot = self.checkpoint_slot(model, data)
+        label = entry.label or default_label(entry, sampler.name)
         settings = sampler.config.model_dump(mode="json")
         cells = [(steps, seed, self.identity(entry.name, slot.digest, sampler.name, settings, steps, seed).cell_id)
                  for steps in b.steps for seed in b.seeds]

@@ -63,3 +63,14 @@ def test_a_read_only_output_directory_exits_5_with_one_line(capsys, tmp_path, mo
             subprocess.run(["chattr", "-i", str(locked)], check=True)
         locked.chmod(0o755)
     assert code == 5 and lines[-1].startswith(f"error: cannot write or read {locked / 'run'}")
+
+
+def test_a_sequence_length_the_grammar_cannot_serve_is_refused_at_once(capsys, tmp_path, monkeypatch):
+    """Once, --seq-len 100000 hung silently building the grammar's exact length tables."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    code, lines = run_cli(["run", "--models", "ar", "--seq-len", "100000", "--no-progress"], capsys)
+    assert code == 2 and "budget.seq_len = 100000: the grammar tasks serve at most 2048 tokens" in lines[-1]
+    assert time.perf_counter() - start < 30

@@ -57,7 +57,7 @@ def test_the_reuse_message_says_what_matched(toy_config, toy_registry):
     run(toy_config(), toy_registry)
     _, messages = run(toy_config(budget={"seeds": [7]}), toy_registry)
     (line,) = [m for m in messages if "reusing" in m]
-    assert "matches this model config, data spec and training budget" in line and "--retrain" in line
+    assert "matches this model config, task data, training code and training budget" in line and "--retrain" in line
 
 
 @pytest.mark.parametrize("flag", ["--retrain"])
@@ -68,3 +68,36 @@ def test_run_and_train_take_retrain(flag):
 
     for command in ("run", "train"):
         assert flag in CliRunner().invoke(cli, [command, "--help"]).output
+
+
+def test_a_change_to_the_plugin_code_trains_again(toy_config, toy_registry, tmp_path, monkeypatch):
+    """Once, a plugin whose loss was changed to return 0 was told "reusing checkpoint" and
+    its old weights were evaluated."""
+    from dlmbench import checkpoint
+
+    run(toy_config(), toy_registry)
+    real = checkpoint.code_fingerprint(__import__("toyplugin").ToyModel)
+    edited = {**real, "source": "0" * 16}  # what any edit of the plugin's files gives
+    monkeypatch.setattr(checkpoint, "code_fingerprint", lambda cls: edited)
+    _, messages = run(toy_config(budget={"seeds": [7]}), toy_registry)
+    assert any(m.startswith("[toy] training") for m in messages) and not any("reusing" in m for m in messages)
+
+
+def test_the_code_fingerprint_follows_the_plugin_files(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from dlmbench.checkpoint import code_fingerprint
+
+    package = tmp_path / "fakeplugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("import toyplugin\nclass M(toyplugin.ToyModel):\n    name = 'fake'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_fingerprint(importlib.import_module("fakeplugin.model").M)
+    (package / "model.py").write_text("import toyplugin\nclass M(toyplugin.ToyModel):\n    name = 'fake'  # edited\n")
+    for name in ("fakeplugin.model", "fakeplugin"):
+        sys.modules.pop(name)
+    second = code_fingerprint(importlib.import_module("fakeplugin.model").M)
+    assert first["source"] != second["source"] and first["core"] == second["core"]
+    assert first["plugin"] == "fakeplugin"

@@ -147,7 +147,7 @@ def test_checkpoint_key_depends_on_precision(toy_config, toy_registry):
         cfg = toy_config(precision=precision)
         runner = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False)
         model = build_model(cfg.models[0], cfg.preset, toy_registry, build_task(cfg, toy_registry, runner.ctx))
-        slot = runner.checkpoint_slot(model)
+        slot = runner.checkpoint_slot(model, build_task(cfg, toy_registry, runner.ctx))
         keys[precision] = (slot.path, slot.key)
     assert keys["fp32"][0] != keys["bf16"][0]
     assert keys["bf16"][1]["training"]["precision"] == "bf16"

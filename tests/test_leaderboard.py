@@ -47,3 +47,69 @@ def test_records_from_several_runs_with_different_budgets_get_separate_sections(
     cells, models = load_records([a.out_dir, b.out_dir])
     text = render_markdown(cells, models)
     assert text.count("## Task `toy-count`") == 2
+
+
+def _copy(record, **update):
+    return record.model_copy(update=update)
+
+
+def test_cells_of_other_data_are_never_averaged_into_one_section(toy_config, toy_registry):
+    cfg = toy_config()
+    records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    other = [_copy(r, task_fingerprint="feedfacefeedface", cell_id=r.cell_id + "x") for r in records]
+    text = render_markdown(records + other)
+    assert text.count("## Task `toy-count`") == 2
+    assert "data `feedfacefeedface`" in text and f"data `{records[0].task_fingerprint}`" in text
+
+
+def test_a_metric_scored_with_other_settings_gets_its_own_table(toy_config, toy_registry):
+    cfg = toy_config()
+    records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    model_cells = [r for r in records if r.model == "toy"]
+    changed = []
+    for r in model_cells[:2]:  # two cells judged another way: not pooled with the rest
+        result = r.metrics["starts-right"].model_copy(update={"config": {"judge": "other"}})
+        changed.append(_copy(r, metrics={"starts-right": result}))
+    kept = [r for r in records if r not in model_cells[:2]]
+    text = render_markdown(kept + changed)
+    assert text.count("### starts-right ↑") == 2
+    assert 'Settings: `{"judge": "other"}`' in text and "Settings: `{}`" in text
+
+
+def test_a_command_is_stated_only_above_the_sections_it_produced(toy_config, toy_registry):
+    a = toy_config()
+    b = toy_config(budget={"num_samples": 5})
+    for cfg in (a, b):
+        Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    cells, models = load_records([a.out_dir])  # one directory, reused with another budget
+    text = render_markdown(cells, models, command="dlmbench run --num-samples 5", command_budget=b.budget_hash())
+    sections = text.split("## Task ")[1:]
+    (mine,) = [s for s in sections if s.startswith(f"`toy-count` (budget `{b.budget_hash()}`")]
+    assert "dlmbench run --num-samples 5" in mine
+    assert sum("Produced by" in s for s in sections) == 1 and not text.startswith("Produced by")
+
+
+def test_reusing_a_run_directory_with_another_budget_says_so(toy_config, toy_registry):
+    Runner(toy_config(), toy_registry, echo=lambda *_: None, progress=False).run()
+    messages = []
+    b = toy_config(budget={"num_samples": 5})
+    Runner(b, toy_registry, echo=messages.append, progress=False).run()
+    assert any("also holds results of budget(s)" in m and "never averaged" in m for m in messages)
+
+
+def test_two_entries_of_one_sampler_with_other_settings_are_two_rows(toy_config, toy_registry):
+    """Once, the row was model/sampler: two settings of one sampler were averaged as seeds."""
+    cfg = toy_config(models=["toy", {"name": "toy", "sampler_options": {"cfg_passes": 2}}])
+    records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    text = render_markdown(records)
+    assert "| toy/reveal (cfg_passes=2) " in text and "| toy/reveal  " in text
+    assert "NFE 4 " in text and "NFE 8 " in text  # each row its own NFE, not a mean of both
+
+
+def test_one_label_given_to_two_setups_is_split_and_told_apart(toy_config, toy_registry):
+    cfg = toy_config(models=[{"name": "toy", "label": "same"},
+                             {"name": "toy", "label": "same", "sampler_options": {"cfg_passes": 2}}])
+    records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    text = render_markdown(records)
+    rows = [line for line in text.splitlines() if line.startswith("| same [checkpoint ")]
+    assert len(rows) == 2 and any('"cfg_passes": 2' in r for r in rows)

@@ -96,12 +96,13 @@ def test_model_prepare_runs_before_the_optimiser_and_is_recorded_and_shown(toy_c
     assert record.prepared == {"what": "toy preparation", "tokens": 1234, "rows_seen": data.train.shape[0]}
     assert record.train_tokens == 8 * 8 * 20  # the budget stays the flow's own
     text = render_markdown(*load_records([cfg.out_dir]))
-    assert "- toy/reveal: toy preparation; 1,234 training tokens outside the budget." in text
+    assert "- toy/reveal (ema_decay=0.9, prepare_tokens=1234): toy preparation; 1,234 training tokens outside " \
+           "the budget." in text
     # prepare zeroed and froze the position table before the optimiser and the EMA were
     # built: neither moved it back (an EMA made first would restore its initial values)
     (entry,) = cfg.models
     trained = build_model(entry, cfg.preset, toy_registry, data)
-    slot = runner.checkpoint_slot(trained)
+    slot = runner.checkpoint_slot(trained, data)
     load_checkpoint(trained, slot.path, slot.key)
     assert not trained.net.pos.any()
     assert trained.net.out.weight.abs().sum() > 0

@@ -38,6 +38,7 @@ from dlmbench.tokenizer import EOS_ID, TextTokenizer
 
 TRAIN, VALID, EVAL = 0, 1, 2  # the seed streams of the splits
 MIN_FIT = 0.25  # refuse lengths that reject most of the grammar (slow, and a skewed task)
+MAX_SEQ_LEN = 2048  # P(a sentence longer than 256 words) is below 1e-15; longer only wastes time
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ def _encode(rows: list[list[str]], width: int, ids: dict[str, int]) -> np.ndarra
 
 
 def _check_fit(max_words: int, what: str, seq_len: int) -> None:
+    if seq_len > MAX_SEQ_LEN:
+        raise ConfigError(
+            f"budget.seq_len = {seq_len}: the grammar tasks serve at most {MAX_SEQ_LEN} tokens (their exact "
+            f"length tables grow with the square of the length, and no sentence comes near that); "
+            f"lower --seq-len"
+        )
     p_fit = english.english_grammar().length_distribution(max(max_words, 0)).sum()
     if p_fit < MIN_FIT:
         raise ConfigError(
