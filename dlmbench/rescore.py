@@ -24,6 +24,10 @@ from dlmbench.sampling import to_generation
 from dlmbench.task import TaskData
 
 
+class StoredSamplesError(ValueError):
+    """A finished cell's samples file is missing or damaged: the cell must be sampled again."""
+
+
 def stored_generation(store: ResultStore, record: CellRecord, data: TaskData) -> Generation:
     """The generation a finished cell scored: its stored samples, or for the held-out data
     row the task's validation rows, whose targets are also the references."""
@@ -45,7 +49,11 @@ def score_missing(store: ResultStore, record: CellRecord, metrics: list[Metric],
             if replace or m.name not in record.metrics or not scored_alike(record.metrics[m.name], m)]
     if not todo:
         return record
-    scores = score_all(todo, stored_generation(store, record, data), data)
+    try:
+        generation = stored_generation(store, record, data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoredSamplesError(f"samples of cell {record.cell_id} cannot be read: {type(exc).__name__}: {exc}") from exc
+    scores = score_all(todo, generation, data)
     record = record.model_copy(update={"metrics": {**record.metrics, **scores}})
     store.write_cell(record)
     return record

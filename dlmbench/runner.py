@@ -29,7 +29,7 @@ from dlmbench.metric import Metric, score_all
 from dlmbench.model import Model
 from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
 from dlmbench.registry import Registry
-from dlmbench.rescore import score_missing, stored_generation
+from dlmbench.rescore import StoredSamplesError, score_missing, stored_generation
 from dlmbench.results import ResultStore
 from dlmbench.sampler import Sampler
 from dlmbench.sampling import generate, to_generation
@@ -244,9 +244,12 @@ class Runner:
             return None
         try:
             return score_missing(self.store, record, metrics, data)
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged samples: sample the cell again
-            self.echo(f"cell {cid}: its stored samples cannot be read ({type(exc).__name__}); sampling it again")
+        except StoredSamplesError as exc:  # damaged samples: sample the cell again
+            self.echo(f"{exc}; sampling it again")
             return None
+        except Exception as exc:  # noqa: BLE001 - a raising new metric leaves the finished cell as it was
+            self.echo(f"cell {cid}: {exc}; the cell keeps its earlier scores")
+            return record
 
     def guarded_reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
         """The held-out row, or its failure recorded: a raising metric does not end the run."""

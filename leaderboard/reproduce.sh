@@ -7,16 +7,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see benchmarks/README.md: threads on a busy CPU
 
+keep() {  # keep NAME: commit the records behind leaderboard/NAME.md (cells, models, run.json;
+  # not the samples); tests/test_committed_tables.py re-renders the table from them
+  rm -rf "leaderboard/records/$1" && mkdir -p "leaderboard/records/$1"
+  cp -r "runs/$1/cells" "runs/$1/run.json" "leaderboard/records/$1/"
+  if [ -d "runs/$1/models" ]; then cp -r "runs/$1/models" "leaderboard/records/$1/"; fi
+}
+
 board() {  # board NAME COMMAND...: run, then render leaderboard/NAME.md from its results
   local name=$1; shift
   "$@" --name "$name" --no-progress
   dlmbench leaderboard "runs/$name" -o "leaderboard/$name.md" --command "$* --name $name"
+  keep "$name"
 }
 
 # The embedded default: README set-up command 1 (plot of quality vs steps and wall time).
 dlmbench run --models elf,mdlm,duo,ar --steps 32,1024 --no-progress
 dlmbench leaderboard runs/default -o leaderboard/default.md --plot leaderboard/default.png \
     --command "dlmbench run --models elf,mdlm,duo,ar --steps 32,1024"
+keep default
 
 # Conditional tasks on the grammar (exact references): translation and summarization.
 board grammar-translate dlmbench run --models elf,mdlm,duo,ar --task grammar-translate --steps 32,256

@@ -73,3 +73,14 @@ def test_temp_files_left_by_a_killed_writer_are_removed_and_live_ones_kept(toy_c
     Runner(cfg, toy_registry, echo=messages.append, progress=False).run()
     assert not stale.exists() and not stale_ckpt.exists() and live.exists()
     assert "removed 2 temp file(s) left by a killed run" in messages
+
+
+def test_a_raising_metric_added_to_a_finished_run_keeps_its_cells_and_scores(toy_config):
+    registry = registry_with_raising_metric()
+    first = {r.cell_id: r for r in Runner(toy_config(metrics=["starts-right"]), registry,
+                                          echo=lambda *_: None, progress=False).run()}
+    messages = []
+    again = {r.cell_id: r for r in Runner(toy_config(metrics=["starts-right", "raises"]), registry,
+                                          echo=messages.append, progress=False).run()}
+    assert again == first  # nothing lost, nothing re-sampled
+    assert sum("metric 'raises' failed" in m and "keeps its earlier scores" in m for m in messages) == len(first)

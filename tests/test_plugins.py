@@ -205,3 +205,24 @@ def test_a_sampler_of_another_model_is_named_with_its_owner():
         registry.sampler("ar", "reveal")
     with pytest.raises(UnknownNameError, match="entry-point group; `dlmbench plugins` lists what loaded"):
         registry.model("d3pm")
+
+
+def test_one_plugin_manager_per_invocation_honours_plugins_for_commands_too(monkeypatch):
+    """Once, plugin sub-commands came from a second manager that ignored --plugins."""
+    import dlmbench.plugins as plugins
+    from dlmbench.cli import cli
+
+    made = []
+    real = plugins.get_plugin_manager
+
+    def counting(*args, **kwargs):
+        made.append(kwargs.get("only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plugins, "get_plugin_manager", counting)
+    out = CliRunner().invoke(cli, ["ls", "--plugins", "mdlm"])
+    assert out.exit_code == 0 and "mdlm" in out.output and "elf " not in out.output
+    assert made == [["mdlm"]]
+    made.clear()
+    out = CliRunner().invoke(cli, ["no-such-command", "--plugins", "mdlm"])
+    assert out.exit_code != 0 and made == [["mdlm"]]  # the plugin-command look-up used the same restriction

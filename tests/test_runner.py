@@ -125,13 +125,25 @@ def test_a_failing_plugin_fails_only_its_own_cells(toy_config, toy_registry):
         assert all(r.status == "error" and msg in r.error for r in by_label[label])
 
 
-def test_failed_cells_are_retried_on_rerun(toy_config, toy_registry):
+def test_failed_cells_are_retried_on_rerun(toy_config, toy_registry, monkeypatch):
+    import toyplugin
+
     cfg = toy_config(models=[{"name": "toy", "options": {"fail_in": "sample"}}])
     records = run(cfg, toy_registry)
     assert {r.status for r in records if r.model == "toy"} == {"error"}
     store = ResultStore(cfg.out_dir)
     failed_ids = {r.cell_id for r in records if r.model == "toy"}
     assert not any(store.is_done(c) for c in failed_ids)
+    sample = toyplugin.Reveal.sample
+
+    def fixed(self, model, request):  # the plugin's bug fixed; the cells' identity unchanged
+        model.config = model.config.model_copy(update={"fail_in": None})
+        return sample(self, model, request)
+
+    monkeypatch.setattr(toyplugin.Reveal, "sample", fixed)
+    again = run(cfg, toy_registry)
+    assert {r.cell_id for r in again if r.model == "toy"} == failed_ids
+    assert all(r.ok for r in again) and all(store.is_done(c) for c in failed_ids)
 
 
 def test_unknown_model_has_a_did_you_mean(toy_registry):
