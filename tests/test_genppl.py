@@ -86,7 +86,7 @@ TEXTS = [
 def brute_force(path, texts, max_length, eos_rule):
     """One text, one chunk at a time, no padding, target by target."""
     tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
     eos = tok.eos_token_id
     nll, count = [], []
     for text in texts:

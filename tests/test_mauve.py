@@ -51,7 +51,7 @@ def test_features_match_mauve_text_featurization(featurizer):
     texts = [sentence(rng) for _ in range(7)]
     rows = retokenize(load_tokenizer(featurizer), texts, 1024)
     ours = featurize(load_model(featurizer, "cpu"), rows, "cpu")
-    base = AutoModel.from_pretrained(featurizer).eval()  # what mauve-text loads: no LM head
+    base = AutoModel.from_pretrained(featurizer, use_safetensors=True).eval()  # what mauve-text loads: no LM head
     theirs = featurize_tokens_from_model(base, [torch.tensor(r)[None] for r in rows], batch_size=3)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 

@@ -64,7 +64,7 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 # --- loading the evaluator -------------------------------------------------------------
 def _load(loader: Any, name: str, what: str, offline: bool) -> Any:
-    """``loader.from_pretrained(name)``: a local path, the cache, then (online) the hub.
+    """The evaluator's ``what`` from a local path, the cache, then (online) the hub.
     Model weights load as safetensors only (:mod:`dlmbench.safe_weights`)."""
 
     def load(source: str, **kwargs: Any) -> Any:
