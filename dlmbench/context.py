@@ -8,7 +8,7 @@ module globals or environment variables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,9 +52,6 @@ class RunContext:
         if resolved.type == "cuda" and world.size > 1:
             resolved = torch.device("cuda", torch.cuda.current_device())
         return cls(Path(cache), resolved, offline, reason, world)
-
-    def with_world(self, world: World) -> "RunContext":
-        return replace(self, world=world)
 
     @property
     def checkpoints(self) -> Path:
