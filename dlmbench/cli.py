@@ -205,7 +205,15 @@ def preset_defaults() -> str:
     return "\b\nPreset defaults (--preset; tiny unless set):\n" + "\n".join(lines)
 
 
-@cli.command(epilog=preset_defaults())
+class PresetHelpCommand(click.Command):
+    """``run``: its help ends with the presets' defaults, built only when help is shown."""
+
+    def format_epilog(self, ctx, formatter):
+        self.epilog = preset_defaults()
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(cls=PresetHelpCommand)
 @run_options
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (one line per phase and cell still prints).")
 @click.option("--retrain", is_flag=True, help="Train every model again, replacing its cached checkpoint.")
@@ -225,8 +233,8 @@ def run(**opts: Any) -> None:
     """
     config = run_config_from_options(opts)
     from dlmbench.leaderboard import render_markdown
-    from dlmbench.plugins import plugin_versions
     from dlmbench.atomic import write_text_atomic
+    from dlmbench.plugins import plugin_versions
     from dlmbench.results import load_records
     from dlmbench.runner import Runner
 
@@ -264,8 +272,7 @@ def summary_table(records: list[dict]) -> str:
 
     rows = []
     for r in records:
-        metrics = ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
-                            for k, v in r.metrics.items())
+        metrics = r.metrics_summary()
         rows.append([r.label, r.steps, r.seed,
                      f"{r.nfe or 0:g}" if r.ok else "-",
                      f"{r.wall_time_s or 0:.1f}" if r.ok else "-",

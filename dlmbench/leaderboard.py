@@ -157,7 +157,7 @@ def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settin
     return out
 
 
-def row_identity(cell: CellRecord) -> str:
+def _row_identity(cell: CellRecord) -> str:
     """What makes a row: the checkpoint (model and its options), the sampler and its
     settings. Cells that differ in any of them are never averaged as if they were seeds."""
     return json.dumps([cell.model, cell.checkpoint_hash, cell.sampler, cell.sampler_settings], sort_keys=True)
@@ -169,7 +169,7 @@ def _rows(cells) -> dict[str, dict[int, list[CellRecord]]]:
     with what tells it apart."""
     by_identity: dict[tuple[str, str], dict[int, list[CellRecord]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
-        by_identity[(c.label, row_identity(c))][c.steps].append(c)
+        by_identity[(c.label, _row_identity(c))][c.steps].append(c)
     labels = defaultdict(list)
     for label, identity in by_identity:
         labels[label].append(identity)

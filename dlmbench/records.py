@@ -142,6 +142,11 @@ class CellRecord(_Record):
         """The held-out data row every model is read against."""
         return self.model == "data"
 
+    def metrics_summary(self) -> str:
+        """``name=value, ...`` in one line, for logs and the run's summary table."""
+        return ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
+                         for k, v in self.metrics.items())
+
 
 class LikelihoodBound(_Record):
     nelbo_per_token: float | None

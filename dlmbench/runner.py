@@ -85,8 +85,9 @@ class Runner:
         after the checkpoint, so a crash between the two means: train again), and only if
         its bytes still match the checksum the record holds."""
         slot = self.checkpoint_slot(model, data)
-        usable = slot.path.exists() and slot.record_path.exists()
-        if usable and not (self.retrain and slot.digest not in self.trained):
+        reuse = slot.path.exists() and slot.record_path.exists() and not (
+            self.retrain and slot.digest not in self.trained)
+        if reuse:
             record = ModelRecord.model_validate_json(slot.record_path.read_bytes())
             self.verify(slot, record)
             load_checkpoint(model, slot.path, slot.key)
@@ -94,18 +95,16 @@ class Runner:
                       f"model config, task data, training code and training budget (trained {record.created}; "
                       f"--retrain to redo)")
             self.record_reused_model(slot, record)
-        else:
-            self.train(model, data, slot)
-            self.trained.add(slot.digest)
         model.to(self.device)
         if self.config.compile:
             compile_network(model)  # children of model.network only: NFE hooks stay eager
+        if not reuse:
+            self.train(model, data, slot)
+            self.trained.add(slot.digest)
         return model
 
     def train(self, model: Model, data: TaskData, slot: CheckpointSlot) -> None:
-        model.to(self.device)
-        if self.config.compile:
-            compile_network(model)
+        """Train ``model`` (already on the device, compiled if asked) and cache it in ``slot``."""
         b = self.config.budget
         steps = b.train_steps
         self.echo(
@@ -206,7 +205,7 @@ class Runner:
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
             f"metrics {', '.join(m.name for m in metrics)}"
         )
-        records = [self.guarded_reference_cell(data, metrics)] if self.world.is_main else []
+        records = [self.reference_cell(data, metrics)] if self.world.is_main else []
         for entry in cfg.models:
             records.extend(self.run_model(entry, data, metrics))
         return records if self.world.is_main else []
@@ -251,30 +250,21 @@ class Runner:
             self.echo(f"cell {cid}: {exc}; the cell keeps its earlier scores")
             return record
 
-    def guarded_reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
-        """The held-out row, or its failure recorded: a raising metric does not end the run."""
-        try:
-            return self.reference_cell(data, metrics)
-        except Exception as exc:  # noqa: BLE001 - a plugin's metric fails only its own cells
-            b = self.config.budget
-            cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
-            common = {**self.base_fields(data), "model": "data", "label": "data (held-out)", "sampler": "held-out"}
-            return self.fail(common, 0, b.data_seed, cid, exc)
-
     def reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
-        """Score held-out data with the same metrics: the row every model is read against."""
+        """Score held-out data with the same metrics: the row every model is read against.
+        A raising metric fails this row, recorded, and the run goes on."""
         b = self.config.budget
         cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
-        if (done := self.finished(cid, metrics, data)) is not None:
-            return done
-        ids = data.valid[: b.num_samples]
-        record = CellRecord(
-            **self.base_fields(data), cell_id=cid, status="ok", model="data", label="data (held-out)",
-            sampler="held-out", steps=0, nfe=0.0, seed=b.data_seed, num_samples=int(ids.shape[0]),
-            wall_time_s=0.0,
-        )
-        record = record.model_copy(update={"metrics": score_all(metrics, stored_generation(self.store, record, data), data)})
-        return self.written(record)
+        common = {**self.base_fields(data), "model": "data", "label": "data (held-out)", "sampler": "held-out"}
+        try:
+            if (done := self.finished(cid, metrics, data)) is not None:
+                return done
+            record = CellRecord(**common, cell_id=cid, status="ok", steps=0, nfe=0.0, seed=b.data_seed,
+                                num_samples=int(data.valid[: b.num_samples].shape[0]), wall_time_s=0.0)
+            scores = score_all(metrics, stored_generation(self.store, record, data), data)
+            return self.written(record.model_copy(update={"metrics": scores}))
+        except Exception as exc:  # noqa: BLE001 - a plugin's metric fails only its own cells
+            return self.fail(common, 0, b.data_seed, cid, exc)
 
     def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric]) -> list[CellRecord]:
         cfg, b = self.config, self.config.budget
@@ -366,7 +356,6 @@ class Runner:
             wall_time_s=run.seconds, score_time_s=score_time,
         )
         self.written(record)
-        summary = ", ".join(f"{k}={v.value:.4g}" if v.value is not None else f"{k}=undefined"
-                            for k, v in record.metrics.items())
-        self.echo(f"[{common['label']}] steps={steps} seed={seed} nfe={run.nfe:g} {run.seconds:.1f}s: {summary}")
+        self.echo(f"[{common['label']}] steps={steps} seed={seed} nfe={run.nfe:g} {run.seconds:.1f}s: "
+                  f"{record.metrics_summary()}")
         return record

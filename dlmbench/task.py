@@ -48,14 +48,19 @@ class TaskData:
     sources: list[str] | None = None
     oracle: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """A short hash of the data itself, recorded with every result."""
-        h = hashlib.sha256()
-        for t in (self.train, self.valid):
-            h.update(t.numpy().tobytes())
-        h.update(self.tokenizer.to_str().encode())
-        return h.hexdigest()[:16]
+        """A short hash of the data itself, recorded with every result and part of every
+        checkpoint key; computed once (loaded data are not changed afterwards), since
+        hashing a paper-scale training split takes minutes."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for t in (self.train, self.valid):
+                h.update(t.numpy().tobytes())
+            h.update(self.tokenizer.to_str().encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
 
 class Task(Generic[ConfigT]):
