@@ -92,7 +92,7 @@ def run_context(config, join_world: bool = False):
         offline, reason = True, "huggingface.co cannot be reached"
     world = distributed.setup() if join_world else distributed.World()
     return RunContext.create(cache=config.cache, device=config.device, offline=offline,
-                             offline_reason=reason if offline else None, world=world)
+                             offline_reason=reason if offline else None, world=world, threads=config.threads)
 
 
 def run_config_from_options(opts: dict[str, Any]):
@@ -122,6 +122,8 @@ def run_config_from_options(opts: dict[str, Any]):
         over["precision"] = opts["precision"]
     if opts.get("compile"):
         over["compile"] = True
+    if opts.get("threads") is not None:
+        over["threads"] = opts["threads"]
     if opts.get("preset"):
         over["preset"] = opts["preset"]
     for item in opts.get("set") or ():
@@ -156,6 +158,9 @@ def run_options(f):
         click.option("--compile", "compile", is_flag=True, default=None,
                      help="torch.compile the network's sub-modules (NFE still counted; "
                           "compile time is recorded as compile_seconds)."),
+        click.option("--threads", type=int,
+                     help="torch CPU threads (intra- and inter-op; default 1: the committed tables' setting, "
+                          "so numbers repeat across machines; more is faster and changes float rounding)."),
         click.option("--plugins", help="Load only these plugin entry points (comma-separated)."),
     ]
     for option in reversed(options):

@@ -149,6 +149,9 @@ class RunConfig(_Strict):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: bfloat16 autocast for training and sampling (part of the checkpoint key)")
     compile: bool = Field(False, description="torch.compile the children of model.network (NFE still counted)")
+    threads: int = Field(
+        1, ge=1, description="torch's intra- and inter-op CPU threads; 1 by default, so that float "
+                             "reductions, hence trained models and tables, repeat on any machine")
 
     @field_validator("device")
     @classmethod

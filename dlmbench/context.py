@@ -24,7 +24,8 @@ class RunContext:
     (built task data) and ``evaluators/`` (the offline proxy evaluator). ``offline``
     says the Hugging Face hub must not be contacted; ``offline_reason`` says why (shown
     in error messages). ``world`` is the ``torchrun`` world, a single process unless a
-    command that trains or samples joined one.
+    command that trains or samples joined one. ``threads`` is torch's CPU thread count,
+    set by :meth:`create` (None: left as the process has it).
     """
 
     cache: Path = Path(".dlmbench-cache")
@@ -32,16 +33,19 @@ class RunContext:
     offline: bool = False
     offline_reason: str | None = None
     world: World = field(default_factory=World)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache", Path(self.cache).expanduser())
 
     @classmethod
     def create(cls, cache: str | Path = ".dlmbench-cache", device: str = "auto", offline: bool | None = None,
-               offline_reason: str | None = None, world: World | None = None) -> "RunContext":
+               offline_reason: str | None = None, world: World | None = None,
+               threads: int | None = None) -> "RunContext":
         """A context for this process; ``offline=None`` asks
-        :func:`dlmbench.environment.hub_offline` (the user's ``HF_*`` switches)."""
-        from dlmbench.environment import hub_offline, resolve_device
+        :func:`dlmbench.environment.hub_offline` (the user's ``HF_*`` switches);
+        ``threads`` sets torch's thread pools for the process (see :func:`use_threads`)."""
+        from dlmbench.environment import hub_offline, resolve_device, use_threads
 
         if offline is None:
             offline = hub_offline()
@@ -51,7 +55,9 @@ class RunContext:
         world = world or World()
         if resolved.type == "cuda" and world.size > 1:
             resolved = torch.device("cuda", torch.cuda.current_device())
-        return cls(Path(cache), resolved, offline, reason, world)
+        if threads is not None:
+            use_threads(threads)
+        return cls(Path(cache), resolved, offline, reason, world, threads)
 
     @property
     def checkpoints(self) -> Path:

@@ -27,9 +27,36 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
+    """The device as records state it: a GPU's name, or the CPU's model, the instruction
+    set torch's kernels use (AVX2, AVX512, ...: it changes float rounding) and the threads."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"cpu:{cpu_model()} {capability} x{torch.get_num_threads()} threads"
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """``model name`` from ``/proc/cpuinfo`` where there is one, else the platform's word."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def use_threads(n: int) -> None:
+    """Run torch on ``n`` CPU threads, intra- and inter-op. The inter-op pool can be sized
+    only before its first use: a later call that cannot resize it leaves it as it was."""
+    torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:
+            pass
 
 
 @lru_cache(maxsize=1)

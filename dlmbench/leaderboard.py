@@ -3,7 +3,8 @@
 One section per (task, budget): the budget and evaluator are stated above the tables,
 one table per metric with rows = model/sampler and columns = step budgets. A cell shows
 the mean over seeds, its spread (standard deviation over seeds, or the per-sample
-standard error when there is a single seed), the measured NFE and the wall time.
+standard error when there is a single seed), the samples it rests on when fewer than
+were drawn, each undefined seed with its reason, the measured NFE and the wall time.
 """
 
 from __future__ import annotations
@@ -80,16 +81,26 @@ def _metric_names(cells: list[CellRecord]) -> list[str]:
 
 
 def _cell_text(entries: list[CellRecord], metric: str, reference: bool) -> str:
-    values = [e.metrics[metric].value for e in entries if metric in e.metrics]
-    values = [v for v in values if v is not None]
+    """Mean ± spread over the seeds whose value is defined; the samples it rests on when
+    fewer than were drawn (``n=used/drawn``); every undefined seed named with its reason."""
+    results = [(e, e.metrics[metric]) for e in entries if metric in e.metrics]
+    values = [r.value for _, r in results if r.value is not None]
+    notes = [f"seed {e.seed} undefined: {r.undefined or 'no value'}" for e, r in results if r.value is None]
+    if any(r.n is not None and e.num_samples and r.n < e.num_samples for e, r in results):
+        used = sum(r.n or 0 for _, r in results)
+        notes.insert(0, f"n={used}/{sum(e.num_samples or 0 for e, _ in results)}")
     if not values:
-        return "n/a"
-    mean = statistics.fmean(values)
-    if len(values) > 1:
-        spread = statistics.stdev(values)
+        text = "undefined"
     else:
-        spread = entries[0].metrics[metric].stderr
-    text = _fmt(mean) if spread is None else f"{_fmt(mean)} ± {_fmt(spread, 2)}"
+        spread = None
+        if len(values) > 1:
+            spread = statistics.stdev(values)
+        elif len(results) == 1:
+            spread = results[0][1].stderr  # a single seed: its per-sample standard error
+        mean = statistics.fmean(values)
+        text = _fmt(mean) if spread is None else f"{_fmt(mean)} ± {_fmt(spread, 2)}"
+    if notes:
+        text += f" ({'; '.join(notes)})"
     if reference:
         return text
     nfe = statistics.fmean(e.nfe or 0.0 for e in entries)
@@ -103,7 +114,9 @@ def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelR
     budget = group[0].budget
     spread = "standard deviation over seeds" if len(budget.seeds) > 1 else "standard error over samples"
     out = [_budget_line(budget), "",
-           f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell.", "",
+           f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell. "
+           "A value resting on fewer samples than were drawn (e.g. `oracle-nll`: the grammatical ones) "
+           "shows n=used/drawn; a seed whose value is undefined is named with its reason, never averaged.", "",
            f"Device: {', '.join(sorted({c.device for c in group}))}.", ""]
     steps = sorted({c.steps for c in group if not c.is_reference})
     for metric in _metric_names(group):

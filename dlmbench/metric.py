@@ -27,12 +27,20 @@ class MetricValue:
 
     ``value`` is the headline number; ``stderr`` its standard error over samples when
     the metric is a mean of per-sample values; ``details`` anything else worth keeping
-    (counts, protocol settings, signatures).
+    (counts, protocol settings, signatures); ``n`` the number of samples the value rests
+    on (tables show it when it is fewer than were drawn; default: ``details["n"]``);
+    ``undefined`` why a NaN value has no number.
     """
 
     value: float
     stderr: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    n: int | None = None
+    undefined: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n is None and isinstance(self.details.get("n"), int):
+            self.n = self.details["n"]
 
     @classmethod
     def mean_of(cls, values: list[float], **details: Any) -> "MetricValue":
@@ -89,6 +97,7 @@ def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> 
         out[metric.name] = MetricResult(
             value=value.value, stderr=value.stderr, higher_is_better=metric.higher_is_better,
             config=metric.config.model_dump(mode="json"), details=value.details,
+            n=value.n, undefined=value.undefined,
         )
     return out
 

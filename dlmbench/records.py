@@ -58,11 +58,14 @@ class MetricResult(_Record):
     config: dict[str, Any] = Field(default_factory=dict, description="the metric's resolved settings")
     details: dict[str, Any] = Field(default_factory=dict, description="counts, signatures, protocol facts")
     undefined: str | None = Field(None, description="why value is null")
+    n: int | None = Field(None, description="the number of samples the value rests on")
 
     @model_validator(mode="before")
     @classmethod
     def _undefined_values(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            if data.get("n") is None and isinstance((data.get("details") or {}).get("n"), int):
+                data = {**data, "n": data["details"]["n"]}  # records written before the field
             value = data.get("value")
             if isinstance(value, float) and not math.isfinite(value):
                 n = (data.get("details") or {}).get("n")
@@ -179,6 +182,8 @@ class ModelRecord(_Record):
     task: str = Field(description="task of the run this record belongs to")
     budget_hash: str = Field(description="budget of the run this record belongs to")
     device: str = Field(description="device trained on")
+    threads: int | None = Field(None, description="torch CPU threads during training (float rounding depends on it)")
+    torch_version: str | None = Field(None, description="the torch that trained it")
     created: str = Field(default_factory=now, description="UTC timestamp")
     reused_checkpoint: str | None = Field(None, description="the cached checkpoint a later run reused")
     checkpoint_sha256: str | None = Field(None, description="sha256 of the checkpoint file, checked when reused")

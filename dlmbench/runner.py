@@ -144,6 +144,7 @@ class Runner:
             parameters=sum(p.numel() for p in model.trainable_parameters()),
             likelihood_bound=bound, prepared=report.prepared or None,
             task=self.config.task, budget_hash=self.config.budget_hash(), device=describe_device(self.device),
+            threads=torch.get_num_threads(), torch_version=torch.__version__,
         )
         write_text_atomic(slot.record_path, record.to_json())
         self.store.write_model(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -24,6 +25,7 @@ def run_cli(args, capsys):
     (["--set", "budget.num_samples=true"], "budget.num_samples = True: expected an integer, got the boolean True"),
     (["--train-tokens", "0"], "budget.train_tokens = 0: Input should be greater than 0"),
     (["--steps", ","], "budget.steps = []: List should have at least 1 item"),
+    (["--threads", "0"], "threads = 0: Input should be greater than or equal to 1"),
     (["--name", "../x"], "name = '../x': the run name becomes a directory name"),
     (["--metrics", "bleu:lowercase"], "metric option 'lowercase' of 'bleu:lowercase': write NAME:KEY=VALUE"),
 ])
@@ -74,3 +76,32 @@ def test_a_sequence_length_the_grammar_cannot_serve_is_refused_at_once(capsys, t
     code, lines = run_cli(["run", "--models", "ar", "--seq-len", "100000", "--no-progress"], capsys)
     assert code == 2 and "budget.seq_len = 100000: the grammar tasks serve at most 2048 tokens" in lines[-1]
     assert time.perf_counter() - start < 30
+
+
+def _full_disk(path):
+    """A real full file system at ``path`` (a 64 KiB tmpfs filled up), or None without root."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        return None
+    with open(path / "fill", "wb", buffering=0) as fill:
+        try:
+            while True:
+                fill.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a full tmpfs needs root (CI runs as root)")
+def test_an_output_directory_on_a_full_disk_exits_5_with_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    full = _full_disk(tmp_path / "full")
+    if full is None:
+        pytest.skip("this machine refused to mount a tmpfs")
+    try:
+        code, lines = run_cli(["run", "--models", "ar", "--out", str(full / "run"), "--no-progress"], capsys)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert code == 5 and lines[-1].startswith(f"error: cannot write or read {full / 'run'}")
+    assert "No space left on device" in lines[-1] and len([x for x in lines if x.startswith("error")]) == 1

@@ -101,3 +101,33 @@ def test_an_unreachable_hub_makes_the_context_offline_with_its_reason(monkeypatc
     context = run_context(build_run_config(overrides={"models": ["ar"], "cache": str(tmp_path)}))
     assert context.offline and "cannot be reached" in context.offline_reason
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # the HF libraries now fail at once
+
+
+@pytest.fixture
+def torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_threads_come_from_the_config_default_one_and_are_recorded_with_each_checkpoint(
+        torch_threads, toy_config, toy_registry, tmp_path, monkeypatch):
+    """Float reductions follow the thread count, so a run sets it rather than inherit it."""
+    from dlmbench.cli import run_context
+    from dlmbench.config import build_run_config
+    from dlmbench.results import load_records
+    from dlmbench.runner import Runner
+
+    torch = torch_threads
+    monkeypatch.setattr("dlmbench.environment.hub_reachable", lambda: True)
+    torch.set_num_threads(2)
+    config = build_run_config(overrides={"models": ["ar"], "cache": str(tmp_path / "c")})
+    assert config.threads == 1 and run_context(config).threads == 1 and torch.get_num_threads() == 1
+    cfg = toy_config(threads=2)
+    context = RunContext.create(cache=cfg.cache, device="cpu", offline=True, threads=cfg.threads)
+    assert torch.get_num_threads() == 2
+    Runner(cfg, toy_registry, context, echo=lambda *_: None, progress=False).run()
+    _, models = load_records([cfg.out_dir])
+    assert models and all(m.threads == 2 and m.torch_version == torch.__version__ for m in models)

@@ -166,6 +166,7 @@ def test_per_sample_pooling_reads_worse(evaluator):
     assert per.stderr is not None and per.details["pooling"] == "per-sample"
     assert per.value > corpus.value  # Jensen, equal token counts
     assert per.details["corpus_ppl"] == pytest.approx(corpus.value)
+    assert corpus.n == per.n == 3  # every value says how many samples it rests on
 
 
 def test_truncation_scores_fewer_tokens(evaluator):

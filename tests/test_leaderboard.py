@@ -113,3 +113,29 @@ def test_one_label_given_to_two_setups_is_split_and_told_apart(toy_config, toy_r
     text = render_markdown(records)
     rows = [line for line in text.splitlines() if line.startswith("| same [checkpoint ")]
     assert len(rows) == 2 and any('"cfg_passes": 2' in r for r in rows)
+
+
+def _with_result(record, metric, **update):
+    results = dict(record.metrics)
+    results[metric] = results[metric].model_copy(update=update)
+    return record.model_copy(update={"metrics": results})
+
+
+def test_a_value_on_fewer_samples_shows_its_n_and_an_undefined_seed_is_named(toy_config, toy_registry):
+    cfg = toy_config()
+    records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
+    row = [r for r in records if r.model == "toy" and r.steps == 2]
+    assert len(row) == 2 and row[0].num_samples == cfg.budget.num_samples
+    seed0, seed1 = sorted(row, key=lambda r: r.seed)
+    drawn = 2 * cfg.budget.num_samples
+    changed = [_with_result(seed0, "starts-right", n=1, value=0.25),
+               _with_result(seed1, "starts-right", n=0, value=None, undefined="no grammatical sample")]
+    others = [r for r in records if r not in row]
+    line = next(x for x in render_markdown(others + changed).splitlines() if x.startswith("| toy/reveal"))
+    # the seed that has a value is shown alone (no spread over one seed), never averaged with a NaN
+    assert f"| 0.25 (n=1/{drawn}; seed {seed1.seed} undefined: no grammatical sample) · NFE 2" in line
+    everything = [_with_result(r, "starts-right", n=0, value=None, undefined="none at all") for r in row]
+    line = next(x for x in render_markdown(others + everything).splitlines() if x.startswith("| toy/reveal"))
+    assert f"| undefined (n=0/{drawn}; seed {seed0.seed} undefined: none at all; seed {seed1.seed} undefined" in line
+    # a value on every drawn sample does not repeat its n
+    assert "(n=" not in next(x for x in render_markdown(records).splitlines() if x.startswith("| toy/reveal"))

@@ -79,6 +79,7 @@ def test_mauve_separates_matching_from_degenerate_text(featurizer):
     bad = metric.compute(Generation(torch.zeros(60, 1), [[]] * 60, degenerate + [""]), task)
     assert good.value > 0.8 and bad.value < 0.3 < good.value - bad.value
     assert bad.details["empty_samples_dropped"] == 1 and good.details["human_texts"] == 60
+    assert bad.n == 60 and good.n == 60  # the empty sample is not among those it rests on
     assert good.details["evaluator"] == featurizer and good.details["mauve_scaling_factor"] == 5.0
 
 

@@ -12,7 +12,7 @@ import torch
 from dlmbench.data import Generation
 from dlmbench.errors import ConfigError
 from dlmbench.metrics import oracle as oracle_metrics
-from dlmbench.metrics.oracle import ExactMatch, GrammarAccept, OracleNLL
+from dlmbench.metrics.oracle import ExactMatch, GrammarAccept, OracleNLL, OracleNLLAll, RuleKL
 from dlmbench.tasks import english, synthetic
 from dlmbench.tasks.pcfg import GrammarOracle, Tree
 from dlmbench.tasks.synthetic import GrammarSummarizeTask, GrammarTask, GrammarTranslateTask
@@ -283,6 +283,48 @@ def test_metrics_on_crafted_samples(capped_task):
     assert a == pytest.approx(-english.english_grammar().log_prob(("the", "dog", "sleeps")) + oracle.log_p_fit)
 
 
+def test_oracle_nll_all_scores_every_sample_by_hand(capped_task):
+    task, tok = capped_task, capped_task.tokenizer
+    oracle, log_v, b = capped_task.oracle, math.log(tok.vocab_size), 0.01
+    eos, the = 3, tok.encode("the")[0]
+    rows = torch.tensor([
+        (tok.encode("the dog sleeps") + [eos] * 16)[:16],  # a sentence: 3 words + EOS
+        (tok.encode("the dog sleep") + [eos] * 16)[:16],  # ends, but not a sentence
+        [the] * 16,  # never ends: 16 tokens, no EOS
+    ])
+    value = OracleNLLAll().compute(generation_from_rows(rows, task), task)
+    fine = -math.log((1 - b) * math.exp(oracle.log_prob("the dog sleeps".split())) + b * math.exp(-4 * log_v))
+    wrong = -math.log(b) + 4 * log_v
+    endless = -math.log(b) + 16 * log_v
+    assert value.value == pytest.approx((fine + wrong + endless) / (4 + 4 + 16), rel=1e-12)
+    assert value.n == 3 and value.details["accepted"] == 1 and value.stderr is not None
+    # the accepted-only NLL rests on one sample, and says so; with none it is undefined, with why
+    assert OracleNLL().compute(generation_from_rows(rows, task), task).details["n"] == 1
+    none = OracleNLL().compute(generation_from_rows(rows[1:], task), task)
+    assert math.isnan(none.value) and none.n == 0 and none.undefined == "no grammatical sample (0 of 2 accepted)"
+
+
+def test_data_scores_near_the_entropy_rate_on_every_quality_metric(capped_task):
+    gen = generation_from_rows(capped_task.valid[:1000], capped_task)
+    rate = capped_task.oracle.entropy_rate()
+    smoothed = OracleNLLAll().compute(gen, capped_task)
+    # the backoff costs at most -log(1 - b) per sentence on grammatical data
+    assert abs(smoothed.value - rate) < 4 * smoothed.stderr + math.log(1 / 0.99)
+    assert RuleKL().compute(gen, capped_task).value < 0.1
+
+
+def test_every_grammar_metric_says_how_many_samples_it_rests_on(capped_task):
+    from dlmbench.metrics.text import UnigramEntropy
+
+    rows = capped_task.valid[:40].clone()
+    rows[:10] = capped_task.tokenizer.encode("the")[0]  # 10 samples that never end
+    gen = generation_from_rows(rows, capped_task)
+    n = {cls.name: cls().compute(gen, capped_task).n
+         for cls in (OracleNLL, OracleNLLAll, GrammarAccept, RuleKL, UnigramEntropy)}
+    assert n == {"oracle-nll": 30, "oracle-nll-all": 40, "grammar-accept": 40, "rule-kl": 30,
+                 "unigram-entropy": 40}
+
+
 def test_exact_match():
     gen = Generation(ids=torch.zeros(3, 4, dtype=torch.long), tokens=[[], [], []],
                      texts=["a b", "a  b c", "x"], references=["a b", "a b c", "y"])
@@ -302,11 +344,12 @@ def test_plugins_register_tasks_and_metrics():
     synthetic.register_tasks(register=tasks.append)
     oracle_metrics.register_metrics(register=metrics.append)
     assert {t.name: t.default_metrics for t in tasks} == {
-        "grammar": ("oracle-nll", "grammar-accept", "unigram-entropy"),
+        "grammar": ("oracle-nll-all", "oracle-nll", "grammar-accept", "rule-kl", "unigram-entropy"),
         "grammar-translate": ("exact-match", "bleu", "rouge"),
         "grammar-summarize": ("exact-match", "bleu", "rouge"),
     }
     assert {m.name: m.higher_is_better for m in metrics} == {
-        "oracle-nll": False, "grammar-accept": True, "exact-match": True,
+        "oracle-nll": False, "oracle-nll-all": False, "grammar-accept": True, "rule-kl": False,
+        "exact-match": True,
     }
     assert all(m.description for m in metrics)

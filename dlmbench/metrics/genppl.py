@@ -270,6 +270,6 @@ class GenPPL(Metric):
             "unscored_samples": int((count == 0).sum()),
         }
         if cfg.pooling == "corpus":
-            return MetricValue(corpus, None, details)
+            return MetricValue(corpus, None, details, n=len(rows) - details["unscored_samples"])
         per_sample = [math.exp(a / c) for a, c in zip(nll.tolist(), count.tolist()) if c > 0]
         return MetricValue.mean_of(per_sample, **details)

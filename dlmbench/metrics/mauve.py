@@ -97,4 +97,4 @@ class Mauve(Metric):
             "mauve_scaling_factor": cfg.mauve_scaling_factor,
             "seed": cfg.seed,
         }
-        return MetricValue(float(out.mauve), None, details)
+        return MetricValue(float(out.mauve), None, details, n=len(keep))

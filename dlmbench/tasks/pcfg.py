@@ -49,6 +49,17 @@ class Rule:
     prob: float
 
 
+class Binarised(NamedTuple):
+    """The binarised grammar the exact algorithms run on; each entry names the index in
+    ``PCFG.rules`` of the rule whose probability it carries (-1: a structural piece of
+    probability 1), so quantities over it map back to the original rules."""
+
+    symbols: dict[str, int]
+    binary: list[tuple[str, str, str, float, int]]  # lhs -> left right
+    unary: list[tuple[str, str, float, int]]  # lhs -> nonterminal
+    emit: list[tuple[str, str, float, int]]  # lhs -> word
+
+
 class Tree(NamedTuple):
     """A derivation: ``label`` is a nonterminal, ``children`` are Trees or words."""
 
@@ -294,9 +305,9 @@ class PCFG:
     # the binarised form used by the exact algorithms ----------------------------------
     def _compile(self) -> None:
         syms: dict[str, int] = {a: i for i, a in enumerate(self.nonterminals)}
-        binary: list[tuple[str, str, str, float]] = []
-        unary: list[tuple[str, str, float]] = []
-        emit: list[tuple[str, str, float]] = []
+        binary: list[tuple[str, str, str, float, int]] = []
+        unary: list[tuple[str, str, float, int]] = []
+        emit: list[tuple[str, str, float, int]] = []
         made: set[str] = set()
 
         def pre(s: str) -> str:
@@ -307,42 +318,43 @@ class PCFG:
             if p not in made:
                 made.add(p)
                 syms[p] = len(syms)
-                emit.append((p, s, 1.0))
+                emit.append((p, s, 1.0, -1))
             return p
 
-        for r in self.rules:
+        for index, r in enumerate(self.rules):
             if len(r.rhs) == 1:
                 (s,) = r.rhs
-                (unary if s in self._by_lhs else emit).append((r.lhs, s, r.prob))
+                (unary if s in self._by_lhs else emit).append((r.lhs, s, r.prob, index))
                 continue
             parts = [pre(s) for s in r.rhs]
             lhs, prob = r.lhs, r.prob
             while len(parts) > 2:  # A -> X Y Z  ==>  A -> X @Y+Z,  @Y+Z -> Y Z (p = 1)
                 rest = "@" + "+".join(parts[1:])
-                binary.append((lhs, parts[0], rest, prob))
+                binary.append((lhs, parts[0], rest, prob, index))
                 if rest in made:
                     lhs = None  # shared suffix: its chain already exists
                     break
                 made.add(rest)
                 syms[rest] = len(syms)
-                lhs, prob, parts = rest, 1.0, parts[1:]
+                lhs, prob, parts, index = rest, 1.0, parts[1:], -1
             if lhs is not None:
-                binary.append((lhs, parts[0], parts[1], prob))
+                binary.append((lhs, parts[0], parts[1], prob, index))
 
         k = len(syms)
+        self.binarised = Binarised(syms, binary, unary, emit)
         self._sym_index = syms
         self._start_idx = syms[self.start]
-        self._bin_lhs = np.array([syms[a] for a, _, _, _ in binary], dtype=np.int64)
-        self._bin_left = np.array([syms[b] for _, b, _, _ in binary], dtype=np.int64)
-        self._bin_right = np.array([syms[c] for _, _, c, _ in binary], dtype=np.int64)
-        self._bin_prob = np.array([p for *_, p in binary])
+        self._bin_lhs = np.array([syms[a] for a, *_ in binary], dtype=np.int64)
+        self._bin_left = np.array([syms[b] for _, b, *_ in binary], dtype=np.int64)
+        self._bin_right = np.array([syms[c] for _, _, c, *_ in binary], dtype=np.int64)
+        self._bin_prob = np.array([p for *_, p, _ in binary])
         # (R, K): rule r adds prob_r to its lhs
         self._bin_to_lhs = np.zeros((len(binary), k))
         self._bin_to_lhs[np.arange(len(binary)), self._bin_lhs] = self._bin_prob
         self._scatter = (self._bin_to_lhs > 0).astype(float)
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         m = np.zeros((k, k))
-        for a, b, p in unary:
+        for a, b, p, _ in unary:
             m[syms[a], syms[b]] += p
         if m.any() and max(abs(np.linalg.eigvals(m))) >= 1.0 - 1e-12:
             raise ValueError("unary rules form a cycle with total probability 1")
@@ -350,13 +362,13 @@ class PCFG:
         self._closure = np.linalg.inv(np.eye(k) - m)  # sums every unary chain
         self._closure_t = np.ascontiguousarray(self._closure.T)
         self._emission: dict[str, np.ndarray] = {}
-        for a, w, p in emit:
+        for a, w, p, _ in emit:
             self._emission.setdefault(w, np.zeros(k))[syms[a]] += p
         # after closure: the vector of inside probabilities of a single word
         self._word_inside = {w: v @ self._closure_t for w, v in self._emission.items()}
         term = np.zeros(k)  # total probability that A rewrites directly to one word
         ent = np.zeros(k)  # and the entropy contributed by those rules
-        for a, _, p in emit:
+        for a, _, p, _ in emit:
             term[syms[a]] += p
             ent[syms[a]] -= p * math.log(p)
         self._term_total, self._term_entropy = term, ent
@@ -372,21 +384,21 @@ class PCFG:
         syms, words = self._sym_index, sorted(self._emission)
         self._word_idx = {w: i for i, w in enumerate(words)}
         first = np.zeros((len(syms), len(words)), dtype=bool)
-        for a, w, _ in emit:
+        for a, w, *_ in emit:
             first[syms[a], self._word_idx[w]] = True
         last = first.copy()
         changed = True
         while changed:
             before = first.sum() + last.sum()
-            for a, b, c, _ in binary:
+            for a, b, c, *_ in binary:
                 first[syms[a]] |= first[syms[b]]
                 last[syms[a]] |= last[syms[c]]
-            for a, b, _ in unary:
+            for a, b, *_ in unary:
                 first[syms[a]] |= first[syms[b]]
                 last[syms[a]] |= last[syms[b]]
             changed = first.sum() + last.sum() != before
         adjacent = np.zeros((len(words), len(words)), dtype=bool)
-        for _, b, c, _ in binary:
+        for _, b, c, *_ in binary:
             adjacent |= np.outer(last[syms[b]], first[syms[c]])
         self._adjacent = adjacent
         self._can_start = first[self._start_idx]

@@ -111,7 +111,7 @@ class GrammarTask(Task[GrammarConfig]):
     name = "grammar"
     Config = GrammarConfig
     conditional = False
-    default_metrics = ("oracle-nll", "grammar-accept", "unigram-entropy")
+    default_metrics = ("oracle-nll-all", "oracle-nll", "grammar-accept", "rule-kl", "unigram-entropy")
 
     def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
         """Generated in memory (fast, exact): no cache, so ``context`` is not needed."""
