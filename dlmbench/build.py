@@ -11,6 +11,7 @@ from dlmbench.context import RunContext
 from dlmbench.metric import Metric
 from dlmbench.metrics.proxy import PROXY
 from dlmbench.model import Model, ModelConfig
+from dlmbench.protocol import DEFAULT, Protocol, get_protocol
 from dlmbench.registry import Registry
 from dlmbench.sampler import Sampler
 from dlmbench.task import TaskData
@@ -52,9 +53,15 @@ def build_metric(entry: MetricEntry, registry: Registry, evaluator: str, context
 
 
 def build_metrics(entries: list[MetricEntry], registry: Registry, data: TaskData, evaluator: str,
-                  context: RunContext) -> list[Metric]:
-    """The metrics of ``entries`` that can score ``data`` (e.g. BLEU needs references)."""
-    metrics = [build_metric(e, registry, evaluator, context) for e in entries]
+                  context: RunContext, protocol: Protocol | None = None) -> list[Metric]:
+    """The metrics of ``entries`` that can score ``data`` (e.g. BLEU needs references),
+    with ``protocol``'s settings under each entry's own options (default: ``dlmbench``)."""
+    protocol = protocol or get_protocol(DEFAULT)
+    metrics = []
+    for entry in entries:
+        metric = build_metric(protocol.apply(entry), registry, evaluator, context)
+        metric.protocol = protocol.name
+        metrics.append(metric)
     return [m for m in metrics if m.applies_to(data)]
 
 

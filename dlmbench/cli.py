@@ -113,7 +113,7 @@ def run_config_from_options(opts: dict[str, Any]):
         budget["evaluator"] = opts["evaluator"]
     if budget:
         over["budget"] = budget
-    for key in ("task", "name", "out", "device", "cache"):
+    for key in ("task", "name", "out", "device", "cache", "protocol"):
         if opts.get(key):
             over[key] = opts[key]
     if opts.get("metrics"):
@@ -158,6 +158,8 @@ def run_options(f):
         click.option("--compile", "compile", is_flag=True, default=None,
                      help="torch.compile the network's sub-modules (NFE still counted; "
                           "compile time is recorded as compile_seconds)."),
+        click.option("--protocol", help="Named metric settings: dlmbench (default), mdlm-duo or elf "
+                                         "(each reference's evaluation code; see README, Protocols)."),
         click.option("--threads", type=int,
                      help="torch CPU threads (intra- and inter-op; default 1: the committed tables' setting, "
                           "so numbers repeat across machines; more is faster and changes float rounding)."),
@@ -370,29 +372,35 @@ def probe_batch(**opts: Any) -> None:
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--metrics", required=True,
+@click.option("--metrics",
               help="Comma-separated metrics to (re)compute from stored samples, each NAME or "
-                   "NAME:KEY=VALUE:..., e.g. bleu:lowercase=true.")
+                   "NAME:KEY=VALUE:..., e.g. bleu:lowercase=true (default: the run's own).")
+@click.option("--protocol", default="dlmbench", show_default=True,
+              help="Score under this protocol's settings (dlmbench, mdlm-duo, elf); results of "
+                   "another protocol are stored beside the run's as NAME@PROTOCOL.")
 @click.option("--plugins", help="Load only these plugin entry points.")
-def eval_(run_dir: str, metrics: str, plugins: str | None) -> None:
-    """Score the stored samples of a finished run with (other) metrics; samples nothing.
+def eval_(run_dir: str, metrics: str | None, protocol: str, plugins: str | None) -> None:
+    """Score the stored samples of a finished run with (other) metrics or under another
+    protocol; samples nothing.
 
     The run's own budget (evaluator), cache and device are used, from its run.json."""
     from pydantic import ValidationError
 
     from dlmbench.config import MetricEntry, RunConfig, explain
+    from dlmbench.protocol import get_protocol
     from dlmbench.rescore import rescore
     from dlmbench.results import ResultStore
 
+    get_protocol(protocol)  # an unknown name fails before any work
     try:
-        entries = [MetricEntry.model_validate(m) for m in _csv(metrics, "metrics") or []]
+        entries = [MetricEntry.model_validate(m) for m in _csv(metrics, "metrics")] if metrics else None
     except ValidationError as exc:
         raise explain(exc, "--metrics") from None
     run = ResultStore(run_dir).read_run()
     if run is None:
         raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
     context = run_context(RunConfig.model_validate(run.config))
-    n, failed = rescore(run_dir, entries, _registry(), context)
+    n, failed = rescore(run_dir, entries, _registry(), context, protocol)
     click.echo(f"re-scored {n} cell(s) in {run_dir}")
     for cid, why in failed.items():
         click.echo(f"cell {cid} not re-scored (left as it was): {why}", err=True)

@@ -142,6 +142,8 @@ class RunConfig(_Strict):
     task: str = "grammar"
     task_options: dict[str, Any] = Field(default_factory=dict)
     metrics: list[MetricEntry] | None = Field(None, description="metrics with options (default: the task's)")
+    protocol: str = Field("dlmbench", description="named metric settings: dlmbench, mdlm-duo or elf "
+                                                  "(see dlmbench.protocol); the metrics' own options win")
     budget: Budget
     out: str | None = Field(None, description="results directory (default runs/<name>)")
     cache: str = Field(".dlmbench-cache", description="trained checkpoints are cached here")
@@ -161,6 +163,15 @@ class RunConfig(_Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
             raise ValueError("use auto, cpu, cuda, cuda:N or mps, e.g. --device cpu")
         return device
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, name: str) -> str:
+        from dlmbench.protocol import PROTOCOLS
+
+        if name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol; use one of {', '.join(PROTOCOLS)}, e.g. --protocol elf")
+        return name
 
     @field_validator("name")
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from dlmbench.config import Budget
+from dlmbench.protocol import PROTOCOLS
 from dlmbench.records import CellRecord, ModelRecord
 
 
@@ -161,7 +162,9 @@ def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settin
     for label in sorted(rows_by_label):
         by_steps = rows_by_label[label]
         table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
-    out = [f"### {metric} {arrow}", ""]
+    known = PROTOCOLS.get(info.protocol)
+    out = [f"### {metric} {arrow}", "",
+           f"Protocol: `{info.protocol}`" + (f": {known.description}." if known else "."), ""]
     if settings is not None:
         out += [f"Settings: `{settings}` (cells scored with other settings are in their own table).", ""]
     if evaluator:

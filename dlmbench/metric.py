@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from dlmbench.context import RunContext
 from dlmbench.data import Generation
@@ -15,10 +15,31 @@ from dlmbench.records import MetricResult
 from dlmbench.task import TaskData
 
 
+DEFAULT_PROTOCOL = "dlmbench"
+
+
+def result_key(metric: str, protocol: str = DEFAULT_PROTOCOL) -> str:
+    """A metric's key in ``CellRecord.metrics``: its name, with ``@protocol`` unless the
+    protocol is the default, so results of several protocols live side by side."""
+    return metric if protocol == DEFAULT_PROTOCOL else f"{metric}@{protocol}"
+
+
 class MetricConfig(BaseModel):
-    """Base of metric settings; recorded with every value so a protocol is explicit."""
+    """Base of metric settings; recorded with every value so a protocol is explicit.
+
+    Settings named in ``added`` (added after results were first stored) are written out
+    only when they differ from their default, so a result stored before they existed
+    still reads as scored alike (:func:`scored_alike`) and shares its table with newer
+    ones: an absent added setting means its default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    added: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k not in self.added or getattr(self, k) != fields[k].default}
 
 
 @dataclass
@@ -70,11 +91,18 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
     Config: ClassVar[type[MetricConfig]] = MetricConfig
+    #: the evaluation protocol that chose the settings (set by ``build_metrics``)
+    protocol: str = DEFAULT_PROTOCOL
 
     def __init__(self, config: MetricConfig | None = None, context: RunContext | None = None):
         self.config = config if config is not None else self.Config()
         # without a run's context: the default cache, and the user's own HF_* switches
         self.context = context if context is not None else RunContext.create(device="cpu")
+
+    @property
+    def key(self) -> str:
+        """Where the result is stored in a cell (see :func:`result_key`)."""
+        return result_key(self.name, self.protocol)
 
     def applies_to(self, task: TaskData) -> bool:
         """Whether this metric can score ``task`` (e.g. BLEU needs references)."""
@@ -94,10 +122,10 @@ def score_all(metrics: list[Metric], generation: Generation, task: TaskData) -> 
             raise  # already says what to fix
         except Exception as exc:
             raise RuntimeError(f"metric {metric.name!r} failed: {type(exc).__name__}: {exc}") from exc
-        out[metric.name] = MetricResult(
+        out[metric.key] = MetricResult(
             value=value.value, stderr=value.stderr, higher_is_better=metric.higher_is_better,
             config=metric.config.model_dump(mode="json"), details=value.details,
-            n=value.n, undefined=value.undefined,
+            n=value.n, undefined=value.undefined, protocol=metric.protocol,
         )
     return out
 

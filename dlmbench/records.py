@@ -59,6 +59,7 @@ class MetricResult(_Record):
     details: dict[str, Any] = Field(default_factory=dict, description="counts, signatures, protocol facts")
     undefined: str | None = Field(None, description="why value is null")
     n: int | None = Field(None, description="the number of samples the value rests on")
+    protocol: str = Field("dlmbench", description="the evaluation protocol that chose its settings")
 
     @model_validator(mode="before")
     @classmethod

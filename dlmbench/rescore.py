@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from dlmbench.build import build_metrics, build_task
+from dlmbench.build import build_metrics, build_task, metric_entries
 from dlmbench.config import MetricEntry, RunConfig
 from dlmbench.context import RunContext
 from dlmbench.data import Generation
 from dlmbench.errors import ConfigError, DLMBenchError
 from dlmbench.metric import Metric, score_all, scored_alike
+from dlmbench.protocol import DEFAULT, get_protocol
 from dlmbench.records import CellRecord
 from dlmbench.registry import Registry
 from dlmbench.results import ResultStore
@@ -46,7 +47,7 @@ def score_missing(store: ResultStore, record: CellRecord, metrics: list[Metric],
     """``record`` with every metric it lacks (or holds with other settings) scored from its
     stored samples; ``replace`` rescores all of ``metrics``. Rewrites the record if it changed."""
     todo = [m for m in metrics
-            if replace or m.name not in record.metrics or not scored_alike(record.metrics[m.name], m)]
+            if replace or m.key not in record.metrics or not scored_alike(record.metrics[m.key], m)]
     if not todo:
         return record
     try:
@@ -59,11 +60,13 @@ def score_missing(store: ResultStore, record: CellRecord, metrics: list[Metric],
     return record
 
 
-def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry,
-            context: RunContext) -> tuple[int, dict[str, str]]:
-    """Score every finished cell of ``run_dir`` with ``entries`` (replacing results of the
-    same names). Returns how many cells were scored, and the cells that could not be (a
-    damaged samples file, a raising metric) with why: those are left as they were."""
+def rescore(run_dir: str | Path, entries: list[MetricEntry] | None, registry: Registry,
+            context: RunContext, protocol: str = DEFAULT) -> tuple[int, dict[str, str]]:
+    """Score every finished cell of ``run_dir`` with ``entries`` (None: the run's own
+    metrics) under ``protocol``, replacing results of the same keys (another protocol's
+    results have other keys: ``NAME@PROTOCOL``). Returns how many cells were scored, and
+    the cells that could not be (a damaged samples file, a raising metric) with why:
+    those are left as they were."""
     store = ResultStore(Path(run_dir))
     run = store.read_run()
     if run is None:
@@ -71,7 +74,9 @@ def rescore(run_dir: str | Path, entries: list[MetricEntry], registry: Registry,
     store.migrate()
     config = RunConfig.model_validate(run.config)
     data = build_task(config, registry, context)
-    metrics = build_metrics(entries, registry, data, config.budget.evaluator, context)
+    if entries is None:
+        entries = metric_entries(config, registry)
+    metrics = build_metrics(entries, registry, data, config.budget.evaluator, context, get_protocol(protocol))
     count, failed = 0, {}
     for record in store.records():
         if not record.ok:

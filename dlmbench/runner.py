@@ -27,6 +27,7 @@ from dlmbench.environment import describe_device, git_revision, versions
 from dlmbench.errors import CheckpointError, ConfigError
 from dlmbench.metric import Metric, score_all
 from dlmbench.model import Model
+from dlmbench.protocol import get_protocol
 from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
 from dlmbench.registry import Registry
 from dlmbench.rescore import StoredSamplesError, score_missing, stored_generation
@@ -190,7 +191,7 @@ class Runner:
         cfg = self.config
         data = build_task(cfg, self.registry, self.ctx)
         metrics = build_metrics(metric_entries(cfg, self.registry), self.registry, data, cfg.budget.evaluator,
-                                self.ctx)
+                                self.ctx, get_protocol(cfg.protocol))
         self.validate_entries(data)
         if self.world.is_main:
             stale = self.store.remove_stale_temps() + remove_stale_temps(self.ctx.checkpoints)
@@ -204,7 +205,7 @@ class Runner:
             self.store.write_run(RunRecord(config=cfg.model_dump(mode="json")))
         self.echo(
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
-            f"metrics {', '.join(m.name for m in metrics)}"
+            f"metrics {', '.join(m.key for m in metrics)}"
         )
         records = [self.reference_cell(data, metrics)] if self.world.is_main else []
         for entry in cfg.models:

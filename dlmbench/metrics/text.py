@@ -5,11 +5,19 @@ number is never separated from how it was computed:
 
 * ``unigram-entropy``: Duo's ``record_entropy`` (s-sahoo/duo@7c9b498 ``metrics.py``), per-sample
   Shannon entropy of the model's own ids; ``ids=evaluator`` is ELF's variant (the
-  evaluator tokenizer's re-tokenized ids, lillian039/ELF@b29d883 ``metrics_utils.py``).
+  evaluator tokenizer's re-tokenized ids, lillian039/ELF@b29d883 ``src/utils/metrics_utils.py``
+  L221-229). By default the ids are the continuation cut before its first EOS;
+  ``span=raw`` (with ``ids=model``) takes the model's whole row after the prefix, EOS
+  and whatever follows it included, as Duo counts it (``metrics.py`` L155-161 over the
+  sampled rows, ``main.py`` L121-123). ``skip_empty=True`` leaves blank texts out, as ELF
+  scores only non-blank samples (``src/generation.py`` L234-245); otherwise a blank
+  sample counts with entropy 0.
 * ``bleu``: SacreBLEU corpus BLEU, the standard cased signature by default; ELF's
   variant is ``lowercase=True, use_effective_order=True`` (ELF's ``metrics_utils.py``).
 * ``rouge``: ``rouge_score`` rouge1/rouge2/rougeL with the Porter stemmer, per-example
-  F1 x 100 averaged with its standard error (ELF's ``metrics_utils.py``).
+  F1 x 100 averaged with its standard error (ELF's ``metrics_utils.py``): by default
+  the sample standard deviation over sqrt(n); ``stderr=population`` divides the variance
+  by n instead of n-1, as ELF's ``statistics.pstdev`` does (``metrics_utils.py`` L18-23).
 * ``gen-ppl``: generative perplexity under an evaluator LM, see
   :mod:`dlmbench.metrics.genppl`.
 
@@ -21,9 +29,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import dlmbench
 from dlmbench.data import Generation
@@ -53,6 +61,18 @@ class EntropyConfig(MetricConfig):
     max_length: int | None = Field(
         None, description="ids='evaluator' truncation; None: the tokenizer's model_max_length"
     )
+    span: Literal["continuation", "raw"] = Field(
+        "continuation", description="'raw': the model's whole row after the prefix, EOS included (Duo)"
+    )
+    skip_empty: bool = Field(False, description="leave blank samples out (ELF)")
+
+    added: ClassVar[tuple[str, ...]] = ("span", "skip_empty")
+
+    @model_validator(mode="after")
+    def _raw_needs_model_ids(self) -> "EntropyConfig":
+        if self.span == "raw" and self.ids != "model":
+            raise ValueError("span='raw' counts the model's own row; it needs ids='model', not ids='evaluator'")
+        return self
 
 
 class UnigramEntropy(Metric):
@@ -67,8 +87,11 @@ class UnigramEntropy(Metric):
 
     def compute(self, generation: Generation, task: TaskData) -> MetricValue:
         cfg = self.config
-        if cfg.ids == "model":
-            samples = generation.tokens
+        keep = [i for i, t in enumerate(generation.texts) if t.strip() or not cfg.skip_empty]
+        if cfg.ids == "model" and cfg.span == "raw":
+            samples = [generation.ids[i, task.spec.prefix_len :].tolist() for i in keep]
+        elif cfg.ids == "model":
+            samples = [generation.tokens[i] for i in keep]
         else:
             from dlmbench.metrics.genppl import load_tokenizer, retokenize
             from dlmbench.metrics.proxy import resolve_evaluator
@@ -77,9 +100,12 @@ class UnigramEntropy(Metric):
             limit = cfg.max_length
             if limit is None and getattr(tok, "model_max_length", 0) < 1_000_000:
                 limit = tok.model_max_length
-            samples = retokenize(tok, generation.texts, limit)
+            samples = retokenize(tok, [generation.texts[i] for i in keep], limit)
         values = [unigram_entropy(s) for s in samples]
-        details = {"ids": cfg.ids, "empty": sum(1 for s in samples if not s)}
+        details = {
+            "ids": cfg.ids, "span": cfg.span, "skip_empty": cfg.skip_empty,
+            "skipped_empty": len(generation.texts) - len(keep), "empty": sum(1 for s in samples if not s),
+        }
         if cfg.ids == "evaluator":
             details["evaluator"] = cfg.evaluator
         return MetricValue.mean_of(values, **details)
@@ -137,6 +163,22 @@ class BLEU(Metric):
 
 class ROUGEConfig(MetricConfig):
     use_stemmer: bool = Field(True, description="Porter stemming (the rouge_score option)")
+    stderr: Literal["sample", "population"] = Field(
+        "sample", description="standard deviation under the stderr: n-1 ('sample') or n ('population', ELF)"
+    )
+
+    added: ClassVar[tuple[str, ...]] = ("stderr",)
+
+
+def _mean_and_stderr(values: list[float], stderr: str) -> MetricValue:
+    """:meth:`MetricValue.mean_of`, or with the population standard deviation (divide by
+    n, so a single value has stderr 0), as lillian039/ELF@b29d883
+    ``src/utils/metrics_utils.py`` L18-23 computes it."""
+    mv = MetricValue.mean_of(values)
+    n = len(values)
+    if stderr == "population" and n > 0:
+        mv.stderr = math.sqrt(sum((v - mv.value) ** 2 for v in values) / n / n)
+    return mv
 
 
 class ROUGE(Metric):
@@ -164,10 +206,12 @@ class ROUGE(Metric):
                 per_kind[k].append(100.0 * scores[k].fmeasure)
         details = {}
         for k in self.kinds:
-            mv = MetricValue.mean_of(per_kind[k])
+            mv = _mean_and_stderr(per_kind[k], self.config.stderr)
             details[k], details[f"{k}_stderr"] = mv.value, mv.stderr
         out = MetricValue.mean_of(per_kind["rougeL"], **details)
+        out.stderr = details["rougeL_stderr"]
         out.details["use_stemmer"] = self.config.use_stemmer
+        out.details["stderr"] = self.config.stderr
         return out
 
 
