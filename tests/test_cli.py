@@ -1,49 +1,80 @@
-"""The command line: help, clear errors with distinct exit codes, and plugin listing."""
+"""The command line: help, clear errors with distinct exit codes, and plugin listing.
+
+The commands run in this process (``dlmbench.cli.main``, the console script's own entry):
+starting an interpreter and importing torch per call cost seconds each. One test runs
+``python -m dlmbench`` for real, so the module entry point itself is covered.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
+
+from dlmbench.cli import main
 
 
+@pytest.fixture
+def dlmbench(capsys, monkeypatch):
+    """Run ``dlmbench ARGS`` in process: ``.returncode``, ``.stdout``, ``.stderr``. The
+    process environment is restored after each call (the CLI switches the HF libraries
+    offline when the hub cannot be reached)."""
 
-def dlmbench(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "dlmbench", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    def call(*args, cwd=None, env=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        before = dict(os.environ)
+        os.environ.update(env or {})
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            os.environ.clear()
+            os.environ.update(before)
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
 
 
 def test_help_lists_every_command():
-    out = dlmbench("--help")
+    out = subprocess.run([sys.executable, "-m", "dlmbench", "--help"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0
     for command in ("run", "train", "sample", "eval", "leaderboard", "plugins", "new-plugin", "validate-config", "ls"):
         assert command in out.stdout
 
 
-def test_unknown_model_exits_2_with_did_you_mean(tmp_path):
+def test_unknown_model_exits_2_with_did_you_mean(dlmbench, tmp_path):
     out = dlmbench("run", "--models", "mdlmm", "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert out.returncode == 2
     assert "unknown model 'mdlmm'" in out.stderr and "Did you mean 'mdlm'" in out.stderr
 
 
-def test_nonpositive_steps_exit_2(tmp_path):
+def test_nonpositive_steps_exit_2(dlmbench, tmp_path):
     out = dlmbench("run", "--models", "ar", "--steps", "0,8", cwd=tmp_path)
     assert out.returncode == 2 and "budget.steps" in out.stderr and ">= 1" in out.stderr
 
 
-def test_non_integer_steps_exit_2(tmp_path):
+def test_non_integer_steps_exit_2(dlmbench, tmp_path):
     out = dlmbench("run", "--models", "ar", "--steps", "eight", cwd=tmp_path)
     assert out.returncode == 2 and "--steps 'eight'" in out.stderr
 
 
-def test_malformed_config_file_exits_2(tmp_path):
+def test_malformed_config_file_exits_2(dlmbench, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [ar]\nbudget:\n  seq_lenn: 3\n")
     out = dlmbench("validate-config", "--config", str(bad), cwd=tmp_path)
     assert out.returncode == 2 and "budget.seq_lenn = 3" in out.stderr
 
 
-def test_validate_config_resolves_names(tmp_path):
+def test_validate_config_resolves_names(dlmbench, tmp_path):
     out = dlmbench("validate-config", "--models", "ar", "--steps", "8,32", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["budget"]["steps"] == [8, 32]
@@ -53,7 +84,7 @@ def test_validate_config_resolves_names(tmp_path):
     assert out.returncode == 2 and "unknown sampler 'ancestrall'" in out.stderr and "Did you mean 'ancestral'" in out.stderr
 
 
-def test_missing_and_corrupted_checkpoints_exit_3(tmp_path):
+def test_missing_and_corrupted_checkpoints_exit_3(dlmbench, tmp_path):
     out = dlmbench("sample", "--models", "ar", "--checkpoint", str(tmp_path / "none.safetensors"), cwd=tmp_path)
     assert out.returncode == 3 and "does not exist" in out.stderr
     bad = tmp_path / "bad.safetensors"
@@ -62,7 +93,7 @@ def test_missing_and_corrupted_checkpoints_exit_3(tmp_path):
     assert out.returncode == 3 and "corrupted" in out.stderr
 
 
-def test_plugins_lists_builtins_and_entry_points():
+def test_plugins_lists_builtins_and_entry_points(dlmbench):
     out = dlmbench("plugins")
     assert out.returncode == 0
     names = {p["name"]: p for p in json.loads(out.stdout)}
@@ -72,19 +103,15 @@ def test_plugins_lists_builtins_and_entry_points():
         assert names[plugin]["version"] != "?" and names[plugin]["location"].endswith(".py")
 
 
-def test_plugin_allowlist_env_var():
-    import os
-
-    env = {**os.environ, "DLMBENCH_LOAD_PLUGINS": "mdlm"}
-    out = dlmbench("plugins", env=env)
+def test_plugin_allowlist_env_var(dlmbench):
+    out = dlmbench("plugins", env={"DLMBENCH_LOAD_PLUGINS": "mdlm"})
     names = {p["name"] for p in json.loads(out.stdout)}
     assert "mdlm" in names and "elf" not in names and "duo" not in names
-    env = {**os.environ, "DLMBENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    names = {p["name"] for p in json.loads(dlmbench("plugins", env=env).stdout)}
+    names = {p["name"] for p in json.loads(dlmbench("plugins", env={"DLMBENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}).stdout)}
     assert not names & {"elf", "mdlm", "duo"}
 
 
-def test_leaderboard_without_results_is_a_clear_error(tmp_path):
+def test_leaderboard_without_results_is_a_clear_error(dlmbench, tmp_path):
     (tmp_path / "empty").mkdir()
     out = dlmbench("leaderboard", str(tmp_path / "empty"))
     assert out.returncode == 2 and "no result records" in out.stderr
