@@ -161,8 +161,8 @@ def run_options(f):
         click.option("--protocol", help="Named metric settings: dlmbench (default), mdlm-duo or elf "
                                          "(each reference's evaluation code; see README, Protocols)."),
         click.option("--threads", type=int,
-                     help="torch CPU threads (intra- and inter-op; default 1: the committed tables' setting, "
-                          "so numbers repeat across machines; more is faster and changes float rounding)."),
+                     help="torch CPU threads (intra- and inter-op; default 1, the committed tables' setting; "
+                          "more is faster and changes float rounding, hence the trained model)."),
         click.option("--plugins", help="Load only these plugin entry points (comma-separated)."),
     ]
     for option in reversed(options):

@@ -152,8 +152,8 @@ class RunConfig(_Strict):
         "fp32", description="bf16: bfloat16 autocast for training and sampling (part of the checkpoint key)")
     compile: bool = Field(False, description="torch.compile the children of model.network (NFE still counted)")
     threads: int = Field(
-        1, ge=1, description="torch's intra- and inter-op CPU threads; 1 by default, so that float "
-                             "reductions, hence trained models and tables, repeat on any machine")
+        1, ge=1, description="torch's intra- and inter-op CPU threads; 1 by default: float reductions, "
+                             "hence trained models and tables, follow the thread count")
 
     @field_validator("device")
     @classmethod

@@ -92,6 +92,5 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         from dlmbench.registry import did_you_mean
 
-        raise ConfigError(f"protocol = {name!r} is unknown.{did_you_mean(name, list(PROTOCOLS))} "
-                          f"Use one of: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"protocol = {name!r} is unknown.{did_you_mean(name, list(PROTOCOLS))}")
     return PROTOCOLS[name]
