@@ -38,6 +38,7 @@ _LAZY = {
     "Task": "dlmbench.task",
     "TaskConfig": "dlmbench.task",
     "TaskData": "dlmbench.task",
+    "TokenizerRequest": "dlmbench.tokenizer",
     "RunContext": "dlmbench.context",
     "CellRecord": "dlmbench.records",
     "MetricResult": "dlmbench.records",

@@ -14,10 +14,15 @@ from dlmbench.model import Model, ModelConfig
 from dlmbench.protocol import DEFAULT, Protocol, get_protocol
 from dlmbench.registry import Registry
 from dlmbench.sampler import Sampler
+from dlmbench.errors import ConfigError
 from dlmbench.task import TaskData
+from dlmbench.tokenizer import TokenizerRequest
 
 
-def build_task(config: RunConfig, registry: Registry, context: RunContext) -> TaskData:
+def build_task(config: RunConfig, registry: Registry, context: RunContext,
+               tokenizer: TokenizerRequest | None = None, who: str = "a model") -> TaskData:
+    """The task's data, through ``tokenizer`` when a model asked for another than the
+    task's own (``who`` names it in the error a fixed-vocabulary task gives)."""
     task_cls, argument = registry.task(config.task)
     try:
         task_config = task_cls.Config(**config.task_options)
@@ -25,7 +30,47 @@ def build_task(config: RunConfig, registry: Registry, context: RunContext) -> Ta
         raise explain(exc, f"task_options for {task_cls.name!r}") from None
     task = task_cls(task_config, argument)
     b = config.budget
-    return task.load(seq_len=b.seq_len, num_eval=b.num_samples, seed=b.data_seed, context=context)
+    if tokenizer is None or tokenizer.is_default:
+        return task.load(seq_len=b.seq_len, num_eval=b.num_samples, seed=b.data_seed, context=context)
+    if not task_cls.reads_text:
+        raise ConfigError(
+            f"{who} reads text through tokenizer {tokenizer.name or 'of the task'!r}"
+            f"{'' if tokenizer.mask else ' without a mask'}, but task {config.task!r} has its own fixed "
+            f"vocabulary; remove the entry's tokenizer, or use a model setting that fits the task "
+            f"(e.g. ELF's tiny preset)")
+    return task.load(seq_len=b.seq_len, num_eval=b.num_samples, seed=b.data_seed, context=context,
+                     tokenizer=tokenizer)
+
+
+def tokenizer_request(entry: ModelEntry, run_preset: str, registry: Registry) -> TokenizerRequest:
+    """The tokenizer ``entry``'s model reads the task through: its plugin's request for
+    its config, with the entry's ``tokenizer`` naming another."""
+    cls = registry.model(entry.name)
+    request = cls.tokenizer_request(build_model_config(entry, run_preset, registry))
+    return request if entry.tokenizer is None else request.model_copy(update={"name": entry.tokenizer})
+
+
+class TaskViews:
+    """The task as each model of a run sees it: one :class:`TaskData` per tokenizer
+    request, each loaded once; ``default`` is the task through its own tokenizer (the
+    metrics are built on it, and its held-out row is every table's first)."""
+
+    def __init__(self, config: RunConfig, registry: Registry, context: RunContext):
+        self.config, self.registry, self.context = config, registry, context
+        self.default = build_task(config, registry, context)
+        self.views: dict[TokenizerRequest, TaskData] = {TokenizerRequest(): self.default}
+
+    def get(self, request: TokenizerRequest | None, who: str = "a model") -> TaskData:
+        request = request or TokenizerRequest()
+        if request not in self.views:
+            self.views[request] = build_task(self.config, self.registry, self.context, request, who)
+        return self.views[request]
+
+    def request(self, entry: ModelEntry) -> TokenizerRequest:
+        return tokenizer_request(entry, self.config.preset, self.registry)
+
+    def of(self, entry: ModelEntry) -> TaskData:
+        return self.get(self.request(entry), f"model {entry.name!r}")
 
 
 def metric_entries(config: RunConfig, registry: Registry) -> list[MetricEntry]:
@@ -60,7 +105,7 @@ def build_metrics(entries: list[MetricEntry], registry: Registry, data: TaskData
     metrics = []
     for entry in entries:
         metric = build_metric(protocol.apply(entry), registry, evaluator, context)
-        metric.protocol = protocol.name
+        metric.protocol, metric.judge_task = protocol.name, data
         metrics.append(metric)
     return [m for m in metrics if m.applies_to(data)]
 

@@ -91,12 +91,14 @@ def code_fingerprint(model_cls: type) -> dict[str, str]:
             "core": _source_digest(core_files, core)}
 
 
-def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path, data_fingerprint: str) -> CheckpointSlot:
-    """The cached checkpoint for ``model`` trained under ``budget`` at ``precision`` on the
-    data with ``data_fingerprint``: the key holds the model config, the data spec and
-    fingerprint, the code that trains it (:func:`code_fingerprint`) and every training
-    fact that changes the weights."""
-    training = {**budget.training_key(), "data": data_fingerprint, "code": code_fingerprint(type(model))}
+def checkpoint_slot(model: Model, budget: Budget, precision: str, root: Path, data_fingerprint: str,
+                    train_steps: int | None = None) -> CheckpointSlot:
+    """The cached checkpoint for ``model`` trained under ``budget`` (for ``train_steps``
+    when a bytes budget gives this model its own) at ``precision`` on the data with
+    ``data_fingerprint``: the key holds the model config, the data spec and fingerprint,
+    the code that trains it (:func:`code_fingerprint`) and every training fact that
+    changes the weights."""
+    training = {**budget.training_key(train_steps), "data": data_fingerprint, "code": code_fingerprint(type(model))}
     if precision != "fp32":
         training = {**training, "precision": precision}
     key = checkpoint_key(model.name, model.config, model.spec, training)

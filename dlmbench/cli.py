@@ -294,14 +294,15 @@ def summary_table(records: list[dict]) -> str:
 def train(**opts: Any) -> None:
     """Train each model under the budget's token count and cache its checkpoint."""
     config = run_config_from_options(opts)
-    from dlmbench.build import build_model, build_task
+    from dlmbench.build import TaskViews, build_model
     from dlmbench.runner import Runner
 
     registry = _registry()
     runner = Runner(config, registry, run_context(config, join_world=True), echo=click.echo,
                     progress=not opts["no_progress"], retrain=opts["retrain"])
-    data = build_task(config, registry, runner.ctx)
+    views = TaskViews(config, registry, runner.ctx)
     for entry in config.models:
+        data = views.of(entry)
         model = build_model(entry, config.preset, registry, data)
         runner.obtain(model, data)
         click.echo(f"{entry.name}: {runner.checkpoint_slot(model, data).path}")
@@ -316,21 +317,23 @@ def train(**opts: Any) -> None:
 def sample(**opts: Any) -> None:
     """Print samples from a trained model (first --models entry, first --steps value)."""
     config = run_config_from_options(opts)
-    from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.build import TaskViews, build_model, build_sampler
     from dlmbench.checkpoint import checkpoint_slot, load_checkpoint
     from dlmbench.sampling import generate, to_generation
 
     registry = _registry()
     context = run_context(config, join_world=True)
-    data = build_task(config, registry, context)
     entry = config.models[0]
     if opts.get("sampler"):
         entry = entry.model_copy(update={"sampler": opts["sampler"]})
+    data = TaskViews(config, registry, context).of(entry)
     model = build_model(entry, config.preset, registry, data)
     if opts.get("checkpoint"):
         load_checkpoint(model, opts["checkpoint"])
     else:
-        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints, data.fingerprint())
+        per_position = data.bytes_per_position()[0] if config.budget.unit == "bytes" else None
+        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints, data.fingerprint(),
+                               config.budget.steps_for(per_position))
         load_checkpoint(model, slot.path, slot.key)
     model.to(context.device)
     sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)

@@ -42,6 +42,9 @@ class Budget(_Strict):
     num_samples: Int = Field(gt=0, description="samples (or eval prompts) per cell")
     batch_size: Int = Field(gt=0, description="training sequences per optimiser step")
     train_tokens: Int = Field(gt=0, description="training tokens, counted as batch x seq_len x steps")
+    train_bytes: Int | None = Field(
+        None, gt=0, description="training text in UTF-8 bytes, replacing train_tokens: each model trains "
+                                "the steps whose rows hold this much text through its own tokenizer")
     seeds: list[Int] = Field(min_length=1, description="sampling seeds; spread is reported over them")
     train_seed: Int = 0
     data_seed: Int = 0
@@ -65,23 +68,45 @@ class Budget(_Strict):
         return seeds
 
     @property
+    def unit(self) -> Literal["tokens", "bytes"]:
+        """The unit the training budget is matched in across models."""
+        return "tokens" if self.train_bytes is None else "bytes"
+
+    @property
     def train_steps(self) -> int:
-        """Optimiser steps that spend ``train_tokens`` (rounded up to whole batches)."""
-        return math.ceil(self.train_tokens / (self.batch_size * self.seq_len))
+        """Optimiser steps that spend ``train_tokens`` (rounded up to whole batches); a
+        bytes budget has no single count (:meth:`steps_for`)."""
+        return self.steps_for(None)
 
     @property
     def counted_train_tokens(self) -> int:
         return self.train_steps * self.batch_size * self.seq_len
 
-    def training_key(self) -> dict[str, Any]:
-        """The fields a trained checkpoint depends on."""
+    def steps_for(self, bytes_per_position: float | None) -> int:
+        """Optimiser steps of a model whose training rows hold ``bytes_per_position``
+        bytes of text per position: ``train_tokens``'s, or those that read ``train_bytes``."""
+        if self.train_bytes is None:
+            return math.ceil(self.train_tokens / (self.batch_size * self.seq_len))
+        if not bytes_per_position:
+            raise ValueError("a bytes budget needs the data's bytes per position")
+        return math.ceil(self.train_bytes / (bytes_per_position * self.batch_size * self.seq_len))
+
+    def training_key(self, train_steps: int | None = None) -> dict[str, Any]:
+        """The fields a trained checkpoint depends on (``train_steps``: this model's, for a
+        bytes budget)."""
+        steps = self.train_steps if train_steps is None else train_steps
         return {
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
-            "train_tokens": self.counted_train_tokens,
+            "train_tokens": steps * self.batch_size * self.seq_len,
             "train_seed": self.train_seed,
             "data_seed": self.data_seed,
         }
+
+    def hashed(self) -> dict[str, Any]:
+        """What the budget hash covers: every field (``train_bytes`` only when set, so
+        token budgets keep the hashes they had before the field existed)."""
+        return self.model_dump(exclude={"train_bytes"} if self.train_bytes is None else None)
 
 
 class ModelEntry(_Strict):
@@ -93,6 +118,9 @@ class ModelEntry(_Strict):
     sampler: str | None = None
     sampler_options: dict[str, Any] = Field(default_factory=dict)
     label: str | None = Field(None, description="row name in tables (default: name/sampler)")
+    tokenizer: str | None = Field(
+        None, description="the tokenizer this model reads the task through: hub id, local directory or 'bpe' "
+                          "(default: the model's own, else the task's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -187,7 +215,7 @@ class RunConfig(_Strict):
         return Path(self.out or f"runs/{self.name}")
 
     def budget_hash(self) -> str:
-        return stable_hash(self.budget.model_dump())
+        return stable_hash(self.budget.hashed())
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:

@@ -1,7 +1,9 @@
 """Leaderboard tables and plots, rendered from stored results only.
 
-One section per (task, budget): the budget and evaluator are stated above the tables,
-one table per metric with rows = model/sampler and columns = step budgets. A cell shows
+One section per (task, budget, text): the budget and evaluator are stated above the
+tables, one table per metric with rows = model/sampler and columns = step budgets; models
+that read the text through different tokenizers share a section, and the budget line and
+training table say what each tokenizer makes of the budget. A cell shows
 the mean over seeds, its spread (standard deviation over seeds, or the per-sample
 standard error when there is a single seed), the samples it rests on when fewer than
 were drawn, each undefined seed with its reason, the measured NFE and the wall time.
@@ -49,10 +51,20 @@ def _prepared_notes(checkpoints: list[tuple[str, ModelRecord]]) -> list[str]:
     return lines + [""] if lines else []
 
 
-def _budget_line(b: Budget) -> str:
+def _budget_line(b: Budget, tokenizers: int = 1) -> str:
+    """The shared budget; with several tokenizers, what is matched (tokens of each model's
+    own tokenizer, or bytes of text) and where each model's other count is."""
+    if b.unit == "bytes":
+        training = (f"training text {b.train_bytes:,} bytes per model (matched in bytes: each model trains the "
+                    f"batches of {b.batch_size} x {b.seq_len} of its own tokens that hold them: below)")
+    else:
+        training = (f"training tokens {b.counted_train_tokens:,} "
+                    f"(= batch {b.batch_size} x length {b.seq_len} x {b.train_steps} steps)")
+        if tokenizers > 1:
+            training += " per model, each in its own tokenizer (matched in tokens; the text each read is below)"
+    length = f"sequence length {b.seq_len}" + (" tokens of each model's own tokenizer" if tokenizers > 1 else "")
     return (
-        f"Budget: sequence length {b.seq_len}; training tokens {b.counted_train_tokens:,} "
-        f"(= batch {b.batch_size} x length {b.seq_len} x {b.train_steps} steps); "
+        f"Budget: {length}; {training}; "
         f"{b.num_samples} samples per cell; seeds {', '.join(map(str, b.seeds))}; "
         f"evaluator: {_evaluator_text(b.evaluator)}."
     )
@@ -65,11 +77,16 @@ def _evaluator_text(evaluator: str) -> str:
 
 
 def _groups(cells: list[CellRecord]) -> dict[tuple[str, str, str], list[CellRecord]]:
-    """Cells that may share a section: same task, budget and data (task fingerprint)."""
+    """Cells that may share a section: same task, budget and text (the text fingerprint,
+    the same through every tokenizer; records before it have only the data fingerprint)."""
     groups: dict[tuple[str, str, str], list[CellRecord]] = defaultdict(list)
     for c in cells:
-        groups[(c.task, c.budget_hash, c.task_fingerprint)].append(c)
+        groups[(c.task, c.budget_hash, c.text_fingerprint or c.task_fingerprint)].append(c)
     return groups
+
+
+def _tokenizer_count(group: list[CellRecord]) -> int:
+    return len({json.dumps(c.tokenizer.model_dump() if c.tokenizer else None) for c in group})
 
 
 def _metric_names(cells: list[CellRecord]) -> list[str]:
@@ -113,8 +130,16 @@ def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelR
     """One task/budget/data section: the budget, one table per metric (one per distinct
     settings of it, stated), and the training table of its checkpoints."""
     budget = group[0].budget
+    tokenizers = _tokenizer_count(group)
+    per_tokenizer = tokenizers > 1 or budget.unit == "bytes"
+    group_models = [m for m in models if m.task == task and m.budget_hash == bhash]
+    ordered = sorted(group_models, key=lambda m: (m.model, _rows_of(m, group)))
+    checkpoints = [(_rows_of(m, group) or m.model, m) for m in ordered]
     spread = "standard deviation over seeds" if len(budget.seeds) > 1 else "standard error over samples"
-    out = [_budget_line(budget), "",
+    out = [_budget_line(budget, tokenizers), ""]
+    if per_tokenizer:
+        out += _per_model_budget(checkpoints, budget)
+    out += [
            f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell. "
            "A value resting on fewer samples than were drawn (e.g. `oracle-nll`: the grammatical ones) "
            "shows n=used/drawn; a seed whose value is undefined is named with its reason, never averaged.", "",
@@ -127,24 +152,53 @@ def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelR
                 by_settings[json.dumps(c.metrics[metric].config, sort_keys=True)].append(c)
         for settings, cells in by_settings.items():
             out += _metric_table(metric, cells, steps, settings if len(by_settings) > 1 else None)
-    group_models = [m for m in models if m.task == task and m.budget_hash == bhash]
     if group_models:
         out += ["### Training and likelihood bounds", ""]
-        ordered = sorted(group_models, key=lambda m: (m.model, _rows_of(m, group)))
-        checkpoints = [(_rows_of(m, group) or m.model, m) for m in ordered]
-        rows = []
-        for label, m in checkpoints:
-            bound = m.likelihood_bound
-            rows.append([
-                label, f"{m.parameters:,}", f"{m.train_tokens:,}", f"{m.train_seconds:.0f}s",
-                _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
-                _fmt(bound.ppl_bound if bound else None),
-            ])
-        headers = ["checkpoint (its rows)", "trainable params", "train tokens", "train time", "final loss",
-                   "NELBO/token (nats) ↓", "PPL bound ↓"]
-        out += [tabulate(rows, headers=headers, tablefmt="github"), ""]
+        out += [_training_table(checkpoints, per_tokenizer), ""]
         out += _prepared_notes(checkpoints)
     return out
+
+
+def _per_model_budget(checkpoints: list[tuple[str, ModelRecord]], budget: Budget) -> list[str]:
+    """What the shared budget is in each model's own tokenizer: its tokens, the bytes of
+    text one row holds, and the text it read."""
+    lines = []
+    for label, m in checkpoints:
+        if m.bytes_per_position is None:
+            continue
+        vocab = f", {m.vocab_size:,} ids" if m.vocab_size else ""
+        lines.append(f"- {label}: {m.train_tokens:,} tokens of `{m.tokenizer or 'the task vocabulary'}`{vocab}; "
+                     f"a row of {budget.seq_len} tokens holds {m.bytes_per_position * budget.seq_len:.4g} bytes "
+                     f"of text on average; {m.train_bytes:,} bytes of text read.")
+    return ["Per model:", ""] + lines + [""] if lines else []
+
+
+def _training_table(checkpoints: list[tuple[str, ModelRecord]], per_tokenizer: bool) -> str:
+    """One row per checkpoint; ``per_tokenizer`` adds what each tokenizer makes of the
+    budget (vocabulary, text bytes per position and read, steps) and the bound per byte,
+    the one that compares across tokenizers."""
+    rows = []
+    for label, m in checkpoints:
+        bound = m.likelihood_bound
+        row = [label, f"{m.parameters:,}", f"{m.train_tokens:,}"]
+        if per_tokenizer:
+            row[1:1] = [f"{m.tokenizer or 'task vocabulary'} ({m.vocab_size:,})" if m.vocab_size else
+                        (m.tokenizer or "n/a")]
+            row += [f"{m.train_steps:,}", _fmt(m.bytes_per_position),
+                    f"{m.train_bytes:,}" if m.train_bytes is not None else "n/a"]
+        row += [f"{m.train_seconds:.0f}s", _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
+                _fmt(bound.ppl_bound if bound else None)]
+        if per_tokenizer:
+            row.append(_fmt(bound.nelbo_per_byte if bound else None))
+        rows.append(row)
+    headers = ["checkpoint (its rows)", "trainable params", "train tokens"]
+    if per_tokenizer:
+        headers[1:1] = ["tokenizer (vocab)"]
+        headers += ["steps", "bytes/position", "train text (bytes)"]
+    headers += ["train time", "final loss", "NELBO/token (nats) ↓", "PPL bound ↓"]
+    if per_tokenizer:
+        headers.append("NELBO/byte (nats) ↓")
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settings: str | None) -> list[str]:
@@ -155,10 +209,13 @@ def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settin
     evaluator = info.details.get("evaluator")  # set by the metrics an LM judged
     note = info.details.get("proxy_note")
     rows_by_label = _rows(c for c in cells if not c.is_reference)
-    reference = [c for c in cells if c.is_reference]
+    references: dict[str, list[CellRecord]] = defaultdict(list)  # one row per view of the task
+    for c in cells:
+        if c.is_reference:
+            references[c.label].append(c)
     table = []
-    if reference:
-        table.append(["data (held-out)"] + [_cell_text(reference, metric, reference=True)] * len(steps))
+    for label, reference in references.items():
+        table.append([label] + [_cell_text(reference, metric, reference=True)] * len(steps))
     for label in sorted(rows_by_label):
         by_steps = rows_by_label[label]
         table.append([label] + [_cell_text(by_steps[s], metric, False) if by_steps.get(s) else "" for s in steps])
@@ -169,6 +226,9 @@ def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settin
         out += [f"Settings: `{settings}` (cells scored with other settings are in their own table).", ""]
     if evaluator:
         out += [f"Evaluator: `{evaluator}`" + (f" ({note})." if note else "."), ""]
+    if info.config.get("ids") == "model" and _tokenizer_count(cells) > 1:
+        out += [f"Counted on each model's own token ids: rows of different tokenizers are not comparable "
+                f"(`{metric.split('@')[0]}:ids=evaluator` counts on the evaluator's ids).", ""]
     out += [tabulate(table, headers=["model/sampler"] + [f"steps={s}" for s in steps], tablefmt="github"), ""]
     return out
 

@@ -93,6 +93,10 @@ class Metric:
     Config: ClassVar[type[MetricConfig]] = MetricConfig
     #: the evaluation protocol that chose the settings (set by ``build_metrics``)
     protocol: str = DEFAULT_PROTOCOL
+    #: the view of the task an evaluator trained on the task learns from (the offline
+    #: proxy): the run's own (set by ``build_metrics``), whichever tokenizer a model read
+    #: the task through, so every model in a table is judged by one evaluator
+    judge_task: TaskData | None = None
 
     def __init__(self, config: MetricConfig | None = None, context: RunContext | None = None):
         self.config = config if config is not None else self.Config()
@@ -103,6 +107,10 @@ class Metric:
     def key(self) -> str:
         """Where the result is stored in a cell (see :func:`result_key`)."""
         return result_key(self.name, self.protocol)
+
+    def evaluator_task(self, task: TaskData) -> TaskData:
+        """The task an evaluator built from the task's data is built from (see ``judge_task``)."""
+        return self.judge_task if self.judge_task is not None else task
 
     def applies_to(self, task: TaskData) -> bool:
         """Whether this metric can score ``task`` (e.g. BLEU needs references)."""

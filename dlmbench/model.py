@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.tokenizer import TokenizerRequest
 
 
 class ModelConfig(BaseModel):
@@ -68,6 +69,14 @@ class Model(torch.nn.Module):
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     default_sampler: ClassVar[str] = ""
     default_conditional_sampler: ClassVar[str | None] = None
+
+    @classmethod
+    def tokenizer_request(cls, config: ModelConfig) -> TokenizerRequest:
+        """The tokenizer this model reads the task through (default: the task's own, with
+        a mask id). A model whose weights assume a vocabulary names it, e.g. ELF with a
+        pretrained T5 encoder asks for that T5's tokenizer and no mask; a model entry's
+        ``tokenizer`` overrides the name."""
+        return TokenizerRequest()
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

@@ -123,17 +123,18 @@ def probe(config: RunConfig, registry, context: RunContext, *, steps: int = 2, s
           limit: int = 4096, echo: Callable[[str], None] = print) -> list[ProbeResult]:
     """Probe every model of ``config``, built as the runner builds it (untrained weights:
     memory does not depend on their values)."""
-    from dlmbench.build import build_model, build_sampler, build_task
+    from dlmbench.build import TaskViews, build_model, build_sampler
     from dlmbench.runner import default_label
     from dlmbench.errors import ConfigError
     from dlmbench.training import compile_network
 
     device = context.device
-    data = build_task(config, registry, context)
+    views = TaskViews(config, registry, context)
     results = []
     for entry in config.models:
         label = _label(entry)
         try:
+            data = views.of(entry)  # the view of the task this model reads: its vocabulary sizes it
             model = build_model(entry, config.preset, registry, data).to(device)
             sampler = build_sampler(entry, registry, data.spec.prefix_len > 0)  # as the runner does
             label = entry.label or default_label(entry, sampler.name)

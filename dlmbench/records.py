@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlmbench.config import Budget, stable_hash
+from dlmbench.tokenizer import TokenizerRequest
 
 SCHEMA_VERSION = 2
 
@@ -117,6 +118,10 @@ class CellRecord(_Record):
     max_nfe: float | None = Field(None, description="the sampler's declared bound for these steps")
     task: str = Field(description="task name (with argument)")
     task_fingerprint: str = Field(description="hash of the tokenized data")
+    text_fingerprint: str | None = Field(
+        None, description="hash of the task's text, the same through every tokenizer (tables group by it)")
+    tokenizer: TokenizerRequest | None = Field(
+        None, description="the tokenizer the model asked for; null: the task's own")
     seed: int = Field(description="sampling seed")
     num_samples: int | None = Field(None, description="samples scored")
     metrics: dict[str, MetricResult] = Field(default_factory=dict, description="{name: MetricResult}")
@@ -156,6 +161,7 @@ class LikelihoodBound(_Record):
     nelbo_per_token: float | None
     ppl_bound: float | None
     rows: int
+    nelbo_per_byte: float | None = None  # nats per UTF-8 byte of the scored text: tokenizer-neutral
 
 
 class ModelRecord(_Record):
@@ -168,6 +174,12 @@ class ModelRecord(_Record):
     model_config_: dict[str, Any] = Field(alias="model_config", description="the model's resolved options")
     train_steps: int = Field(description="optimiser steps")
     train_tokens: int = Field(description="tokens trained on (batch x seq_len x steps)")
+    tokenizer: str | None = Field(None, description="the tokenizer it read the task through (null: the task's "
+                                                    "fixed vocabulary)")
+    vocab_size: int | None = Field(None, description="rows of its vocabulary")
+    bytes_per_position: float | None = Field(
+        None, description="UTF-8 bytes of text per training position through its tokenizer")
+    train_bytes: int | None = Field(None, description="training text read: train_tokens x bytes_per_position")
     train_seconds: float = Field(description="training wall time")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
     compile: bool = Field(False, description="whether training ran under torch.compile")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dlmbench.build import build_metrics, build_task, metric_entries
+from dlmbench.build import TaskViews, build_metrics, metric_entries
 from dlmbench.config import MetricEntry, RunConfig
 from dlmbench.context import RunContext
 from dlmbench.data import Generation
@@ -73,16 +73,18 @@ def rescore(run_dir: str | Path, entries: list[MetricEntry] | None, registry: Re
         raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
     store.migrate()
     config = RunConfig.model_validate(run.config)
-    data = build_task(config, registry, context)
+    views = TaskViews(config, registry, context)
     if entries is None:
         entries = metric_entries(config, registry)
-    metrics = build_metrics(entries, registry, data, config.budget.evaluator, context, get_protocol(protocol))
+    metrics = build_metrics(entries, registry, views.default, config.budget.evaluator, context,
+                            get_protocol(protocol))
     count, failed = 0, {}
     for record in store.records():
         if not record.ok:
             continue
-        try:
-            score_missing(store, record, metrics, data, replace=True)
+        try:  # each cell decoded and scored through the view of the task its model read
+            score_missing(store, record, metrics, views.get(record.tokenizer, f"model {record.model!r}"),
+                          replace=True)
         except (DLMBenchError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             failed[record.cell_id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             continue

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dlmbench import distributed
 from dlmbench.atomic import remove_stale_temps, write_text_atomic
-from dlmbench.build import build_metrics, build_model, build_model_config, build_sampler, build_task, metric_entries
+from dlmbench.build import TaskViews, build_metrics, build_model, build_model_config, build_sampler, metric_entries
 from dlmbench.checkpoint import CheckpointSlot, checkpoint_slot, file_sha256, load_checkpoint, save_checkpoint
 from dlmbench.config import ModelEntry, RunConfig, stable_hash
 from dlmbench.context import RunContext
@@ -35,13 +35,15 @@ from dlmbench.results import ResultStore
 from dlmbench.sampler import Sampler
 from dlmbench.sampling import generate, to_generation
 from dlmbench.task import TaskData
+from dlmbench.tokenizer import TokenizerRequest
 from dlmbench.training import compile_network, fit
 
 
 def default_label(entry: ModelEntry, sampler: str) -> str:
     """``model/sampler``, followed by whatever the entry sets away from the defaults
-    (its preset, model options, sampler options), so differently set rows read apart."""
+    (its preset, tokenizer, model options, sampler options), so differently set rows read apart."""
     changed = ([f"preset={entry.preset}"] if entry.preset else []) + \
+        ([f"tokenizer={entry.tokenizer}"] if entry.tokenizer else []) + \
         [f"{k}={v}" for k, v in sorted(entry.options.items())] + \
         [f"{k}={v}" for k, v in sorted(entry.sampler_options.items())]
     return f"{entry.name}/{sampler}" + (f" ({', '.join(changed)})" if changed else "")
@@ -75,9 +77,15 @@ class Runner:
             self.echo, self.progress = (lambda *_: None), False
 
     # -- training ---------------------------------------------------------------------------
+    def train_steps(self, data: TaskData) -> int:
+        """This model's optimiser steps: the budget's, or for a bytes budget those whose
+        rows hold ``train_bytes`` of text through the model's tokenizer."""
+        b = self.config.budget
+        return b.steps_for(data.bytes_per_position()[0] if b.unit == "bytes" else None)
+
     def checkpoint_slot(self, model: Model, data: TaskData) -> CheckpointSlot:
         return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints,
-                               data.fingerprint())
+                               data.fingerprint(), self.train_steps(data))
 
     def obtain(self, model: Model, data: TaskData) -> Model:
         """Load the cached checkpoint for this exact setup, or train and cache it.
@@ -107,10 +115,12 @@ class Runner:
     def train(self, model: Model, data: TaskData, slot: CheckpointSlot) -> None:
         """Train ``model`` (already on the device, compiled if asked) and cache it in ``slot``."""
         b = self.config.budget
-        steps = b.train_steps
+        steps = self.train_steps(data)
+        per_position, _ = data.bytes_per_position()
         self.echo(
             f"[{model.name}] training {steps} steps x {b.batch_size} x {b.seq_len} = "
-            f"{b.counted_train_tokens:,} tokens"
+            f"{steps * b.batch_size * b.seq_len:,} tokens"
+            + (f" (~{steps * b.batch_size * b.seq_len * per_position:,.0f} bytes of text)" if b.unit == "bytes" else "")
         )
         bars: list[tqdm] = []  # opened at the first step, so Model.prepare's time is not in it
 
@@ -137,6 +147,8 @@ class Runner:
             checkpoint_sha256=file_sha256(slot.path),
             model=model.name, checkpoint_hash=slot.digest, model_config=model.config.model_dump(mode="json"),
             train_steps=report.steps, train_tokens=report.tokens, train_seconds=report.seconds,
+            tokenizer=data.info.get("tokenizer"), vocab_size=data.spec.vocab_size,
+            bytes_per_position=per_position, train_bytes=round(report.tokens * per_position),
             precision=self.config.precision, compile=self.config.compile,
             first_step_seconds=report.first_step_seconds, median_step_seconds=report.median_step_seconds,
             compile_seconds=report.compile_seconds if self.config.compile else None,
@@ -172,7 +184,8 @@ class Runner:
 
     @torch.no_grad()
     def likelihood_bound(self, model: Model, data: TaskData, max_rows: int = 512) -> LikelihoodBound | None:
-        """Validation NELBO per token and its perplexity bound, for models that have one."""
+        """Validation NELBO per token and its perplexity bound, for models that have one,
+        and per byte of the text those tokens decode to (what compares across tokenizers)."""
         rows = data.valid[:max_rows].to(self.device)
         torch.manual_seed(self.config.budget.train_seed)
         total, count = 0.0, 0
@@ -183,16 +196,20 @@ class Runner:
             total += float(nelbo.sum())
             count += nelbo.numel() * (data.spec.seq_len - data.spec.prefix_len)
         per_token = total / count
+        scored = rows[:, data.spec.prefix_len:].tolist()
+        text_bytes = sum(len(t.encode("utf-8")) for t in data.tokenizer.backend.decode_batch(
+            scored, skip_special_tokens=True))
         return LikelihoodBound(nelbo_per_token=per_token, ppl_bound=float(torch.tensor(per_token).exp()),
-                               rows=int(rows.shape[0]))
+                               rows=int(rows.shape[0]), nelbo_per_byte=total / text_bytes if text_bytes else None)
 
     # -- evaluation -------------------------------------------------------------------------
     def run(self) -> list[CellRecord]:
         cfg = self.config
-        data = build_task(cfg, self.registry, self.ctx)
+        views = TaskViews(cfg, self.registry, self.ctx)
+        data = views.default
         metrics = build_metrics(metric_entries(cfg, self.registry), self.registry, data, cfg.budget.evaluator,
                                 self.ctx, get_protocol(cfg.protocol))
-        self.validate_entries(data)
+        requests = self.validate_entries(views)
         if self.world.is_main:
             stale = self.store.remove_stale_temps() + remove_stale_temps(self.ctx.checkpoints)
             if stale:
@@ -207,32 +224,51 @@ class Runner:
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
             f"metrics {', '.join(m.key for m in metrics)}"
         )
-        records = [self.reference_cell(data, metrics)] if self.world.is_main else []
-        for entry in cfg.models:
-            records.extend(self.run_model(entry, data, metrics))
+        for request in dict.fromkeys(r for r in requests if not r.is_default):
+            view = views.get(request)
+            self.echo(f"  {', '.join(e.name for e, r in zip(cfg.models, requests) if r == request)} read it "
+                      f"through {self.tokenizer_name(view)}: {view.train.shape[0]} train rows, vocab "
+                      f"{view.spec.vocab_size}")
+        records = []
+        if self.world.is_main:  # a held-out row per view of the task, the task's own first
+            records = [self.reference_cell(views.get(r), metrics, r)
+                       for r in dict.fromkeys([TokenizerRequest(), *requests])]
+        for entry, request in zip(cfg.models, requests):
+            records.extend(self.run_model(entry, views.get(request), metrics, request))
         return records if self.world.is_main else []
 
-    def validate_entries(self, data: TaskData) -> None:
-        """Every model's options and sampler resolve before any model trains, so a typo in
-        the last entry is reported at once, not after the first model's training."""
+    def validate_entries(self, views: TaskViews) -> list[TokenizerRequest]:
+        """Every model's options, sampler and view of the task resolve before any model
+        trains, so a typo in the last entry, or a tokenizer that cannot load, is reported at
+        once, not after the first model's training. Returns each entry's tokenizer request."""
+        requests = []
         for entry in self.config.models:
             try:
                 build_model_config(entry, self.config.preset, self.registry)
-                build_sampler(entry, self.registry, data.spec.prefix_len > 0)
+                build_sampler(entry, self.registry, views.default.spec.prefix_len > 0)
+                request = views.request(entry)
             except ConfigError:
                 raise
-            except Exception:  # noqa: BLE001, S112 - a broken plugin fails its own cells later
-                continue
+            except Exception:  # noqa: BLE001 - a broken plugin fails its own cells later
+                request = TokenizerRequest()
+            views.get(request, f"model {entry.name!r}")  # loaded now: a hub failure stops the run here
+            requests.append(request)
+        return requests
+
+    @staticmethod
+    def tokenizer_name(data: TaskData) -> str:
+        return str(data.info.get("tokenizer", "the task's vocabulary"))
 
     def identity(self, model: str, model_hash: str, sampler: str, settings: dict, steps: int, seed: int) -> CellIdentity:
         return CellIdentity(run=self.config.name, model=model, model_hash=model_hash, sampler=sampler,
                             sampler_settings=settings, steps=steps, task=self.config.task, seed=seed,
                             budget_hash=self.config.budget_hash())
 
-    def base_fields(self, data: TaskData) -> dict:
-        """The fields every cell record of this run shares."""
+    def base_fields(self, data: TaskData, request: TokenizerRequest) -> dict:
+        """The fields every cell record of this run shares (those of one view of the task)."""
         return {
             "run": self.config.name, "task": self.config.task, "task_fingerprint": data.fingerprint(),
+            "text_fingerprint": data.text_identity(), "tokenizer": None if request.is_default else request,
             "budget": self.config.budget, "budget_hash": self.config.budget_hash(),
             "device": describe_device(self.device), "versions": versions(self.plugin_versions),
             "git_revision": git_revision(),
@@ -252,12 +288,14 @@ class Runner:
             self.echo(f"cell {cid}: {exc}; the cell keeps its earlier scores")
             return record
 
-    def reference_cell(self, data: TaskData, metrics: list[Metric]) -> CellRecord:
-        """Score held-out data with the same metrics: the row every model is read against.
-        A raising metric fails this row, recorded, and the run goes on."""
+    def reference_cell(self, data: TaskData, metrics: list[Metric], request: TokenizerRequest) -> CellRecord:
+        """Score held-out data with the same metrics: the row every model is read against
+        (one per tokenizer the run's models read the task through). A raising metric fails
+        this row, recorded, and the run goes on."""
         b = self.config.budget
         cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
-        common = {**self.base_fields(data), "model": "data", "label": "data (held-out)", "sampler": "held-out"}
+        label = "data (held-out)" if request.is_default else f"data (held-out, {self.tokenizer_name(data)})"
+        common = {**self.base_fields(data, request), "model": "data", "label": label, "sampler": "held-out"}
         try:
             if (done := self.finished(cid, metrics, data)) is not None:
                 return done
@@ -268,7 +306,8 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a plugin's metric fails only its own cells
             return self.fail(common, 0, b.data_seed, cid, exc)
 
-    def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric]) -> list[CellRecord]:
+    def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric],
+                  request: TokenizerRequest) -> list[CellRecord]:
         cfg, b = self.config, self.config.budget
         try:
             torch.manual_seed(b.train_seed)  # the initial weights must not depend on what ran before
@@ -277,7 +316,7 @@ class Runner:
         except ConfigError:
             raise  # a configuration error stops the run: nothing would be comparable
         except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build fails its cells
-            return self.fail_unbuildable(entry, data, exc)
+            return self.fail_unbuildable(entry, data, request, exc)
         slot = self.checkpoint_slot(model, data)
         label = entry.label or default_label(entry, sampler.name)
         settings = sampler.config.model_dump(mode="json")
@@ -290,9 +329,10 @@ class Runner:
             self.echo(f"[{entry.name}] all {len(cells)} cells finished already; skipping")
             return records
         common = {
-            **self.base_fields(data), "precision": cfg.precision, "compile": cfg.compile, "model": entry.name,
+            **self.base_fields(data, request), "precision": cfg.precision, "compile": cfg.compile, "model": entry.name,
             "label": label, "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": slot.digest,
-            "sampler": sampler.name, "sampler_settings": settings, "train_tokens": b.counted_train_tokens,
+            "sampler": sampler.name, "sampler_settings": settings,
+            "train_tokens": self.train_steps(data) * b.batch_size * b.seq_len,
         }
         try:
             model = self.obtain(model, data)
@@ -307,9 +347,10 @@ class Runner:
                 records.append(cell)
         return records
 
-    def fail_unbuildable(self, entry: ModelEntry, data: TaskData, exc: BaseException) -> list[CellRecord]:
+    def fail_unbuildable(self, entry: ModelEntry, data: TaskData, request: TokenizerRequest,
+                         exc: BaseException) -> list[CellRecord]:
         sampler = entry.sampler or "default"
-        common = {**self.base_fields(data), "precision": self.config.precision, "compile": self.config.compile,
+        common = {**self.base_fields(data, request), "precision": self.config.precision, "compile": self.config.compile,
                   "model": entry.name, "label": entry.label or entry.name, "sampler": sampler,
                   "sampler_settings": entry.sampler_options}
         entry_hash = stable_hash(entry.model_dump(mode="json"))

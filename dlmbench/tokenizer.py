@@ -11,10 +11,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers, decoders
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+
+
+class TokenizerRequest(BaseModel):
+    """The tokenizer a model reads a task through (:meth:`dlmbench.Model.tokenizer_request`,
+    overridden by a model entry's ``tokenizer``). The task provides text; each model sees
+    it through its own vocabulary, as ELF reads OpenWebText through T5's SentencePiece and
+    MDLM/Duo through GPT-2's BPE. The default request, the task's own tokenizer with a
+    mask, is what every model got before models could ask."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="hub id, local directory or 'bpe'; None: the task's own")
+    mask: bool = Field(True, description="a [MASK] id inside the vocabulary (absorbing-state models; "
+                                         "a pretrained vocabulary without one gets one appended)")
+
+    @property
+    def is_default(self) -> bool:
+        return self == TokenizerRequest()
 
 
 class TextTokenizer:

@@ -43,6 +43,15 @@ def test_a_sampler_typo_in_the_last_model_stops_the_run_before_any_training(caps
     assert not (tmp_path / ".dlmbench-cache" / "checkpoints").exists()  # nothing was trained
 
 
+def test_a_model_tokenizer_on_the_grammar_is_refused_before_any_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, lines = run_cli(["run", "--set", "models=[ar, {name: mdlm, tokenizer: gpt2}]", "--no-progress"], capsys)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: model 'mdlm' reads text through tokenizer 'gpt2', but task 'grammar' has "
+                               "its own fixed vocabulary; remove the entry's tokenizer"), lines
+    assert not (tmp_path / ".dlmbench-cache" / "checkpoints").exists()
+
+
 def test_an_output_directory_below_a_regular_file_exits_5_with_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("x")

@@ -56,10 +56,16 @@ def _copy(record, **update):
 def test_cells_of_other_data_are_never_averaged_into_one_section(toy_config, toy_registry):
     cfg = toy_config()
     records = Runner(cfg, toy_registry, echo=lambda *_: None, progress=False).run()
-    other = [_copy(r, task_fingerprint="feedfacefeedface", cell_id=r.cell_id + "x") for r in records]
+    assert {r.text_fingerprint for r in records} == {records[0].task_fingerprint}  # a fixed vocabulary
+    other = [_copy(r, task_fingerprint="feedfacefeedface", text_fingerprint="feedfacefeedface",
+                   cell_id=r.cell_id + "x") for r in records]
     text = render_markdown(records + other)
     assert text.count("## Task `toy-count`") == 2
     assert "data `feedfacefeedface`" in text and f"data `{records[0].task_fingerprint}`" in text
+    # the same text read through another tokenizer (other ids, same text): one section
+    views = [_copy(r, task_fingerprint="feedfacefeedface", cell_id=r.cell_id + "y",
+                   label=r.label + " T5") for r in records]
+    assert render_markdown(records + views).count("## Task `toy-count`") == 1
 
 
 def test_a_metric_scored_with_other_settings_gets_its_own_table(toy_config, toy_registry):

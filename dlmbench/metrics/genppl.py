@@ -334,7 +334,7 @@ class GenPPL(Metric):
         device = cfg.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        evaluator = resolve_evaluator(cfg.evaluator, task, self.context)  # 'proxy': trained locally, labelled
+        evaluator = resolve_evaluator(cfg.evaluator, self.evaluator_task(task), self.context)  # 'proxy': trained locally, labelled
         tokenizer = load_tokenizer(evaluator, self.context.offline)
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         model = load_model(evaluator, device, self.context.offline, dtype)

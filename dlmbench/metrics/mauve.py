@@ -73,7 +73,7 @@ class Mauve(Metric):
 
         cfg = self.config
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        featurizer = resolve_evaluator(cfg.evaluator, task, self.context)
+        featurizer = resolve_evaluator(cfg.evaluator, self.evaluator_task(task), self.context)
         offline = self.context.offline
         tokenizer, model = load_tokenizer(featurizer, offline), load_model(featurizer, device, offline)
         n = len(generation.texts)

@@ -96,7 +96,8 @@ class UnigramEntropy(Metric):
             from dlmbench.metrics.genppl import load_tokenizer, retokenize
             from dlmbench.metrics.proxy import resolve_evaluator
 
-            tok = load_tokenizer(resolve_evaluator(cfg.evaluator, task, self.context), self.context.offline)
+            evaluator = resolve_evaluator(cfg.evaluator, self.evaluator_task(task), self.context)
+            tok = load_tokenizer(evaluator, self.context.offline)
             limit = cfg.max_length
             if limit is None and getattr(tok, "model_max_length", 0) < 1_000_000:
                 limit = tok.model_max_length

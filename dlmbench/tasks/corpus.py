@@ -18,6 +18,9 @@ the rules are the same for local files, SWORD modules and Hugging Face datasets:
   (after dropping those that would be truncated when ``drop_overlong``); their
   ``references``/``sources`` are the original strings.
 * a ``bpe`` tokenizer is trained on the training split only (both sides for pairs).
+* a model may read the task through its own tokenizer (``load(..., tokenizer=request)``:
+  the request's name, else the task's, with the request's mask rule); every view of one
+  source shares its ``text_fingerprint``.
 
 Rows are laid out by :mod:`dlmbench.tasks.layout`, in chunks of ``BATCH`` items, so a
 large dataset streams through; built data are cached under ``context.tasks``
@@ -41,9 +44,11 @@ from dlmbench.tasks.cache import Built, cached_build
 from dlmbench.tasks.layout import PairSplit, build_conditional, build_unconditional, fit_filter, prefix_len_for
 from dlmbench.tasks.sources import TRAIN, Document, Pair, Source, Split
 from dlmbench.tasks.tokenizers import BPE, TokenizerChoice, encode_texts
+from dlmbench.tokenizer import TokenizerRequest
 
 BATCH = 10_000  # items encoded per chunk
 NOT_IN_KEY = {"cache", "hf_cache_dir"}  # where data are cached does not change them
+TOKENIZER_FIELDS = {"tokenizer", "vocab_size"}  # what a model's tokenizer request replaces
 VALID_HELP = ("held-out documents: the last N of the corpus (None: 10% of it, at most "
               "the task's cap)")
 
@@ -125,6 +130,24 @@ def source_key(task: Task[Any], seq_len: int, source: Source[Any], tokenizer: To
             "tokenizer": tokenizer.stamp(), **extra}
 
 
+def text_fingerprint(task: Task[Any], seq_len: int, source: Source[Any], **extra: Any) -> str:
+    """The key of the text a task provides, without its tokenizer: the same for every view
+    (a conditional task adds its evaluation references: ``drop_overlong`` may choose other
+    prompts through another tokenizer, and those views then do not share a table)."""
+    from dlmbench.tasks.cache import cache_key
+
+    return cache_key({"task": task.name, "argument": task.argument, "seq_len": seq_len,
+                      "config": task.config.model_dump(exclude=NOT_IN_KEY | TOKENIZER_FIELDS),
+                      "source": source.stamp(), **extra})
+
+
+def requested(own: TokenizerChoice, request: TokenizerRequest | None) -> TokenizerChoice:
+    """The task's tokenizer as a model's request changes it (its name, its mask rule)."""
+    if request is None:
+        return own
+    return TokenizerChoice(request.name or own.name, own.vocab_size, request.mask)
+
+
 def _non_empty(pairs: Iterable[Pair]) -> Iterator[Pair]:
     return (p for p in pairs if p[0].strip() and p[1].strip())
 
@@ -135,6 +158,7 @@ class CorpusTask(Task[CorpusConfigT]):
 
     conditional = False
     default_metrics = ("gen-ppl", "unigram-entropy")
+    reads_text = True
     valid_cap: ClassVar[int] = 1000
 
     def source(self) -> Source[Document]:
@@ -150,12 +174,15 @@ class CorpusTask(Task[CorpusConfigT]):
     def default_holdout(self, n: int) -> int:
         return max(min(self.valid_cap, n // 10), 1)
 
-    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
+    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None,
+             tokenizer: TokenizerRequest | None = None) -> TaskData:
         context = task_context(context)
-        source, tokenizer = self.source(), self.tokenizer()
-        return cached_build(self.name, source_key(self, seq_len, source, tokenizer),
-                            lambda work: self._build(source, tokenizer, seq_len, work, context),
+        source, choice = self.source(), requested(self.tokenizer(), tokenizer)
+        data = cached_build(self.name, source_key(self, seq_len, source, choice),
+                            lambda work: self._build(source, choice, seq_len, work, context),
                             context.tasks if self.config.cache else None)
+        data.text_fingerprint = text_fingerprint(self, seq_len, source)
+        return data
 
     def _build(self, source: Source[Document], tokenizer: TokenizerChoice, seq_len: int,
                workdir: Path | None, context: RunContext) -> Built:
@@ -179,6 +206,7 @@ class ParallelCorpusTask(Task[ParallelConfigT]):
 
     conditional = True
     default_metrics = ("bleu", "rouge")
+    reads_text = True
     valid_cap: ClassVar[int] = 1000
 
     def source(self) -> Source[Pair]:
@@ -195,15 +223,19 @@ class ParallelCorpusTask(Task[ParallelConfigT]):
         """Validation pairs held out of ``n`` training pairs when ``valid_documents`` is unset."""
         return max(min(self.valid_cap, n // 10), num_eval, 1)
 
-    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None) -> TaskData:
+    def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None,
+             tokenizer: TokenizerRequest | None = None) -> TaskData:
         context = task_context(context)
         prefix_len = prefix_len_for(seq_len, self.config.source_fraction, self.config.target_len)
-        source, tokenizer = self.source(), self.tokenizer()
-        key = source_key(self, seq_len, source, tokenizer, num_eval=num_eval, seed=seed)
-        return cached_build(self.name, key,
-                            lambda work: self._build(source, tokenizer, seq_len, prefix_len, num_eval, seed,
+        source, choice = self.source(), requested(self.tokenizer(), tokenizer)
+        key = source_key(self, seq_len, source, choice, num_eval=num_eval, seed=seed)
+        data = cached_build(self.name, key,
+                            lambda work: self._build(source, choice, seq_len, prefix_len, num_eval, seed,
                                                      work, context),
                             context.tasks if self.config.cache else None)
+        data.text_fingerprint = text_fingerprint(self, seq_len, source, num_eval=num_eval, seed=seed,
+                                                 references=data.references)
+        return data
 
     def _build(self, source: Source[Pair], tokenizer: TokenizerChoice, seq_len: int, prefix_len: int,
                num_eval: int, seed: int, workdir: Path | None, context: RunContext) -> Built:

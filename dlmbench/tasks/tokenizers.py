@@ -9,7 +9,9 @@ vocabulary encodes it, so one source can be read through different tokenizers:
   with its own ids (:class:`~dlmbench.tokenizer.SpecialIdsTokenizer`). Following MDLM
   and Duo, one special is added when it has no mask token (GPT-2: 50257 + ``[MASK]`` =
   50258 rows, the added id also serving as PAD when there is none), and BOS falls back
-  to EOS (GPT-2's ``<|endoftext|>`` is both).
+  to EOS (GPT-2's ``<|endoftext|>`` is both). A model that needs no mask (``mask=False``,
+  e.g. ELF over T5's vocabulary) keeps the vocabulary as it is when it has a PAD (T5:
+  ``len(tokenizer)`` = 32,100 rows, ELF's decode head); its mask id is then the PAD's.
 """
 
 from __future__ import annotations
@@ -51,30 +53,35 @@ def offline_fix(what: str, context: RunContext) -> str:
 
 @dataclass(frozen=True)
 class TokenizerChoice:
-    """``bpe`` (trained on the training split) or a pretrained tokenizer's name."""
+    """``bpe`` (trained on the training split) or a pretrained tokenizer's name; ``mask``:
+    whether a pretrained vocabulary without a mask token gets one appended."""
 
     name: str = BPE
     vocab_size: int = 4096  # of ``bpe`` only
+    mask: bool = True
 
     def stamp(self) -> Any:
-        """The cache key's view: the files of a local directory, else the name."""
+        """The cache key's view: the files of a local directory, else the name (and the
+        mask rule when it is not the default)."""
         path = Path(self.name).expanduser()
+        stamp: Any = self.name
         if self.name != BPE and path.is_dir():
-            return file_stamps(p for p in path.rglob("*") if p.is_file())
-        return self.name
+            stamp = file_stamps(p for p in path.rglob("*") if p.is_file())
+        return stamp if self.mask or self.name == BPE else {"tokenizer": stamp, "mask": False}
 
     def pretrained(self, task: str, context: RunContext) -> SpecialIdsTokenizer | None:
         """The pretrained tokenizer, or None for ``bpe``. Tasks load it before their data,
         so a missing one fails before a large dataset is read."""
-        return None if self.name == BPE else pretrained_tokenizer(task, self.name, context)
+        return None if self.name == BPE else pretrained_tokenizer(task, self.name, context, self.mask)
 
     def fit(self, pretrained: TextTokenizer | None, train_texts: Iterable[str]) -> TextTokenizer:
         """``pretrained`` if there is one, else a BPE trained on ``train_texts``."""
         return pretrained if pretrained is not None else TextTokenizer.train_bpe(train_texts, self.vocab_size)
 
 
-def pretrained_tokenizer(task: str, name: str, context: RunContext) -> SpecialIdsTokenizer:
-    """An ``AutoTokenizer`` vocabulary with its own ids, plus ``[MASK]`` when it has none.
+def pretrained_tokenizer(task: str, name: str, context: RunContext, mask: bool = True) -> SpecialIdsTokenizer:
+    """An ``AutoTokenizer`` vocabulary with its own ids, plus ``[MASK]`` when it has none
+    (and ``mask`` asks for one, or it has no PAD either).
 
     Offline (``context.offline``), only the local Hugging Face cache is asked.
     """
@@ -87,8 +94,9 @@ def pretrained_tokenizer(task: str, name: str, context: RunContext) -> SpecialId
     except Exception as exc:
         if offline:
             raise HubUnavailableError(
-                f"task {task!r}: tokenizer {name!r}: {offline_fix('it', context)}; use a local "
-                f"tokenizer directory, or task_options.tokenizer=bpe to train one on the data"
+                f"task {task!r}: tokenizer {name!r}: {offline_fix('it', context)}; download it while online "
+                f"(`hf download {name}`), or name a local tokenizer directory (a model entry's `tokenizer`, "
+                f"or task_options.tokenizer; `bpe` trains one on the data)"
             ) from None
         raise ConfigError(f"task {task!r}: could not load tokenizer {name!r}: {exc}") from exc
     backend = getattr(hf, "backend_tokenizer", None)
@@ -100,12 +108,14 @@ def pretrained_tokenizer(task: str, name: str, context: RunContext) -> SpecialId
     if hf.eos_token_id is None:
         raise ConfigError(f"task {task!r}: tokenizer {name!r} has no EOS token")
     eos = hf.eos_token_id
-    mask = hf.mask_token_id
-    if mask is None:
+    mask_id = hf.mask_token_id
+    if mask_id is None and (mask or hf.pad_token_id is None):
         tok.add_special_tokens(["[MASK]"])
-        mask = tok.token_to_id("[MASK]")
+        mask_id = tok.token_to_id("[MASK]")
+    elif mask_id is None:
+        mask_id = hf.pad_token_id  # the model asked for no mask: nothing is appended
     return SpecialIdsTokenizer(
-        tok, pad_id=hf.pad_token_id if hf.pad_token_id is not None else mask,
+        tok, pad_id=hf.pad_token_id if hf.pad_token_id is not None else mask_id,
         unk_id=hf.unk_token_id if hf.unk_token_id is not None else eos,
-        bos_id=hf.bos_token_id if hf.bos_token_id is not None else eos, eos_id=eos, mask_id=mask,
+        bos_id=hf.bos_token_id if hf.bos_token_id is not None else eos, eos_id=eos, mask_id=mask_id,
     )

@@ -53,6 +53,7 @@ from torch import Tensor
 from dlmbench.data import Batch, DataSpec
 from dlmbench.model import Model, ModelConfig
 from dlmbench.prefix import target_positions
+from dlmbench.tokenizer import TokenizerRequest
 from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.denoiser import Denoiser
 from dlmbench_elf.encoder import LatentEncoder
@@ -91,6 +92,18 @@ class ELF(Model):
     Config: ClassVar[type[ModelConfig]] = ELFConfig
     default_sampler: ClassVar[str] = "sde"  # unconditional reference: SDE, gamma 1.5, w 3
     default_conditional_sampler: ClassVar[str] = "ode"  # De-En / XSum reference: ODE, w 1, CFG 2
+
+    @classmethod
+    def tokenizer_request(cls, config: ModelConfig) -> TokenizerRequest:
+        """A pretrained T5's weights (``frozen``, ``joint``, ``token-embeddings``) read that
+        T5's own ids, so ELF reads the task through its tokenizer, with nothing appended:
+        the decode head has ``len(tokenizer)`` rows (32,100 for T5), as in the reference.
+        Other encoders (the tiny default's ``scratch``, whose masked-LM pretraining needs a
+        mask) read the task's own tokenizer."""
+        assert isinstance(config, ELFConfig)
+        if config.encoder in ("frozen", "joint", "token-embeddings") and config.encoder_name is not None:
+            return TokenizerRequest(name=config.encoder_name, mask=False)
+        return TokenizerRequest()
 
     def __init__(self, config: ELFConfig, spec: DataSpec):
         super().__init__(config, spec)
