@@ -103,7 +103,7 @@ def run_config_from_options(opts: dict[str, Any]):
     budget: dict[str, Any] = {}
     if opts.get("models"):
         over["models"] = _csv(opts["models"], "models")
-    for key, field, cast in (("steps", "steps", int), ("seeds", "seeds", int)):
+    for key, field, cast in (("steps", "steps", int), ("seeds", "seeds", int), ("train_seeds", "train_seeds", int)):
         if opts.get(key):
             budget[field] = _csv(opts[key], key, cast)
     for key in ("num_samples", "train_tokens", "seq_len", "batch_size"):
@@ -139,6 +139,8 @@ def run_options(f):
         click.option("--task", help="Task name, e.g. grammar, grammar-translate, text:PATH."),
         click.option("--preset", help="Budget preset: tiny (CPU default), owt-small, wmt14-de-en, xsum."),
         click.option("--seeds", help="Comma-separated sampling seeds."),
+        click.option("--train-seeds", help="Comma-separated training seeds: one model trained per seed "
+                                           "(the table's spread then includes training)."),
         click.option("--num-samples", type=int, help="Samples per cell."),
         click.option("--train-tokens", type=int, help="Training tokens per model (batch x length x steps)."),
         click.option("--seq-len", type=int, help="Sequence length."),
@@ -294,6 +296,8 @@ def summary_table(records: list[dict]) -> str:
 def train(**opts: Any) -> None:
     """Train each model under the budget's token count and cache its checkpoint."""
     config = run_config_from_options(opts)
+    import torch
+
     from dlmbench.build import TaskViews, build_model
     from dlmbench.runner import Runner
 
@@ -303,9 +307,11 @@ def train(**opts: Any) -> None:
     views = TaskViews(config, registry, runner.ctx)
     for entry in config.models:
         data = views.of(entry)
-        model = build_model(entry, config.preset, registry, data)
-        runner.obtain(model, data)
-        click.echo(f"{entry.name}: {runner.checkpoint_slot(model, data).path}")
+        for seed in config.budget.training_seeds:
+            torch.manual_seed(seed)  # the initial weights, as the runner draws them
+            model = build_model(entry, config.preset, registry, data)
+            runner.obtain(model, data, seed)
+            click.echo(f"{entry.name} (training seed {seed}): {runner.checkpoint_slot(model, data, seed).path}")
 
 
 @cli.command()
@@ -332,7 +338,8 @@ def sample(**opts: Any) -> None:
         load_checkpoint(model, opts["checkpoint"])
     else:
         per_position = data.bytes_per_position()[0] if config.budget.unit == "bytes" else None
-        slot = checkpoint_slot(model, config.budget, config.precision, context.checkpoints, data.fingerprint(),
+        budget = config.budget.for_training(config.budget.training_seeds[0])  # the first trained model
+        slot = checkpoint_slot(model, budget, config.precision, context.checkpoints, data.fingerprint(),
                                config.budget.steps_for(per_position))
         load_checkpoint(model, slot.path, slot.key)
     model.to(context.device)

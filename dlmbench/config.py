@@ -47,6 +47,9 @@ class Budget(_Strict):
                                 "the steps whose rows hold this much text through its own tokenizer")
     seeds: list[Int] = Field(min_length=1, description="sampling seeds; spread is reported over them")
     train_seed: Int = 0
+    train_seeds: list[Int] | None = Field(
+        None, min_length=1, description="one model trained per seed, replacing train_seed; the spread in tables "
+                                        "is then over trained models x sampling seeds")
     data_seed: Int = 0
     evaluator: str = Field("oracle", description="the judge: 'oracle' (exact) or an LM name/path")
     sample_batch_size: Int = Field(256, gt=0, description="sampling micro-batch; seeds are drawn per micro-batch")
@@ -59,13 +62,24 @@ class Budget(_Strict):
             raise ValueError(f"every step budget must be >= 1, got {bad}; e.g. --steps 32,1024")
         return sorted(set(steps))
 
-    @field_validator("seeds")
+    @field_validator("seeds", "train_seeds")
     @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is None:
+            return seeds
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:  # a repeated seed would count the same samples twice in the spread
             raise ValueError(f"seed(s) {repeated} appear more than once; list each seed once, e.g. --seeds 0,1,2")
         return seeds
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seeds a model of this budget is trained with, one model each."""
+        return list(self.train_seeds) if self.train_seeds else [self.train_seed]
+
+    def for_training(self, seed: int) -> "Budget":
+        """This budget as one of its trained models sees it."""
+        return self.model_copy(update={"train_seed": seed, "train_seeds": None})
 
     @property
     def unit(self) -> Literal["tokens", "bytes"]:
@@ -104,9 +118,9 @@ class Budget(_Strict):
         }
 
     def hashed(self) -> dict[str, Any]:
-        """What the budget hash covers: every field (``train_bytes`` only when set, so
-        token budgets keep the hashes they had before the field existed)."""
-        return self.model_dump(exclude={"train_bytes"} if self.train_bytes is None else None)
+        """What the budget hash covers: every field (``train_bytes`` and ``train_seeds``
+        only when set, so budgets keep the hashes they had before those fields existed)."""
+        return self.model_dump(exclude={k for k in ("train_bytes", "train_seeds") if getattr(self, k) is None})
 
 
 class ModelEntry(_Strict):
@@ -121,6 +135,9 @@ class ModelEntry(_Strict):
     tokenizer: str | None = Field(
         None, description="the tokenizer this model reads the task through: hub id, local directory or 'bpe' "
                           "(default: the model's own, else the task's)")
+    weights: str | None = Field(
+        None, description="evaluate these weights instead of training: released:NAME (see the plugin), "
+                          "hf:OWNER/REPO or a local path")
 
     @model_validator(mode="before")
     @classmethod

@@ -126,6 +126,19 @@ def _cell_text(entries: list[CellRecord], metric: str, reference: bool) -> str:
     return f"{text} · NFE {nfe:.4g} · {secs:.3g}s"
 
 
+def _spread(b: Budget) -> str:
+    """What the ± is over, and whether training variance is in it."""
+    models = len(b.training_seeds)
+    if models > 1:
+        return (f"standard deviation over {models} trained models (training seeds "
+                f"{', '.join(map(str, b.training_seeds))}) x {len(b.seeds)} sampling seed(s): training variance "
+                f"included")
+    over = "sampling seeds" if len(b.seeds) > 1 else "samples"
+    kind = "standard deviation" if len(b.seeds) > 1 else "standard error"
+    return (f"{kind} over {over} of one trained model (training seed {b.training_seeds[0]}): training variance not "
+            f"included (`--train-seeds` adds it)")
+
+
 def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelRecord]) -> list[str]:
     """One task/budget/data section: the budget, one table per metric (one per distinct
     settings of it, stated), and the training table of its checkpoints."""
@@ -134,13 +147,14 @@ def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelR
     per_tokenizer = tokenizers > 1 or budget.unit == "bytes"
     group_models = [m for m in models if m.task == task and m.budget_hash == bhash]
     ordered = sorted(group_models, key=lambda m: (m.model, _rows_of(m, group)))
-    checkpoints = [(_rows_of(m, group) or m.model, m) for m in ordered]
-    spread = "standard deviation over seeds" if len(budget.seeds) > 1 else "standard error over samples"
+    several = len(budget.training_seeds) > 1
+    checkpoints = [((_rows_of(m, group) or m.model) + (f" [training seed {m.train_seed}]" if several else ""), m)
+                   for m in ordered]
     out = [_budget_line(budget, tokenizers), ""]
     if per_tokenizer:
         out += _per_model_budget(checkpoints, budget)
     out += [
-           f"Cells: mean ± {spread} · NFE per sample (counted by the core) · sampling wall time per cell. "
+           f"Cells: mean ± {_spread(budget)} · NFE per sample (counted by the core) · sampling wall time per cell. "
            "A value resting on fewer samples than were drawn (e.g. `oracle-nll`: the grammatical ones) "
            "shows n=used/drawn; a seed whose value is undefined is named with its reason, never averaged.", "",
            f"Device: {', '.join(sorted({c.device for c in group}))}.", ""]
@@ -156,7 +170,23 @@ def _section(task: str, bhash: str, group: list[CellRecord], models: list[ModelR
         out += ["### Training and likelihood bounds", ""]
         out += [_training_table(checkpoints, per_tokenizer), ""]
         out += _prepared_notes(checkpoints)
+        out += _released_notes(checkpoints)
     return out
+
+
+def _released_notes(checkpoints: list[tuple[str, ModelRecord]]) -> list[str]:
+    """Rows whose weights were not trained here say whose they are and on how much data:
+    the budget's training tokens do not apply to them."""
+    lines = []
+    for label, m in checkpoints:
+        if m.weights is None:
+            continue
+        w, facts = m.weights, m.weights.released
+        trained = f", trained by the authors on {facts.trained_on}" if facts else ", trained elsewhere"
+        kind = "; distilled" if facts and facts.distilled else ""
+        lines.append(f"- {label}: released weights `{w.weights}` ({w.source}){trained}{kind}; not trained "
+                     f"here, so the budget's training tokens do not apply (tensors sha256 {w.sha256[:12]}).")
+    return lines + [""] if lines else []
 
 
 def _per_model_budget(checkpoints: list[tuple[str, ModelRecord]], budget: Budget) -> list[str]:
@@ -180,13 +210,13 @@ def _training_table(checkpoints: list[tuple[str, ModelRecord]], per_tokenizer: b
     rows = []
     for label, m in checkpoints:
         bound = m.likelihood_bound
-        row = [label, f"{m.parameters:,}", f"{m.train_tokens:,}"]
+        row = [label, f"{m.parameters:,}", "released" if m.weights else f"{m.train_tokens:,}"]
         if per_tokenizer:
             row[1:1] = [f"{m.tokenizer or 'task vocabulary'} ({m.vocab_size:,})" if m.vocab_size else
                         (m.tokenizer or "n/a")]
             row += [f"{m.train_steps:,}", _fmt(m.bytes_per_position),
                     f"{m.train_bytes:,}" if m.train_bytes is not None else "n/a"]
-        row += [f"{m.train_seconds:.0f}s", _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
+        row += ["-" if m.weights else f"{m.train_seconds:.0f}s", _fmt(m.final_loss), _fmt(bound.nelbo_per_token if bound else None),
                 _fmt(bound.ppl_bound if bound else None)]
         if per_tokenizer:
             row.append(_fmt(bound.nelbo_per_byte if bound else None))
@@ -234,9 +264,11 @@ def _metric_table(metric: str, cells: list[CellRecord], steps: list[int], settin
 
 
 def _row_identity(cell: CellRecord) -> str:
-    """What makes a row: the checkpoint (model and its options), the sampler and its
-    settings. Cells that differ in any of them are never averaged as if they were seeds."""
-    return json.dumps([cell.model, cell.checkpoint_hash, cell.sampler, cell.sampler_settings], sort_keys=True)
+    """What makes a row: the setup of its checkpoints (model and its options; the models
+    trained from each training seed of one setup pool), the sampler and its settings.
+    Cells that differ in any of them are never averaged as if they were seeds."""
+    return json.dumps([cell.model, cell.setup_hash or cell.checkpoint_hash, cell.sampler, cell.sampler_settings],
+                      sort_keys=True)
 
 
 def _rows(cells) -> dict[str, dict[int, list[CellRecord]]]:

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.released import ReleasedWeights
 from dlmbench.tokenizer import TokenizerRequest
 
 
@@ -63,12 +64,24 @@ class Model(torch.nn.Module):
       ``default_sampler``: the sampler name used when a run names none.
       ``default_conditional_sampler``: the same on conditional tasks, when it differs
       (ELF: ``ode``, the reference's setting for translation and summarization).
+      ``released_weights``: the authors' checkpoints a model entry may name as
+      ``weights: released:NAME`` (loaded by :meth:`load_weights`).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     default_sampler: ClassVar[str] = ""
     default_conditional_sampler: ClassVar[str | None] = None
+    released_weights: ClassVar[dict[str, ReleasedWeights]] = {}
+
+    @classmethod
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "Model":
+        """A model holding the weights at ``source`` (a hub repository or a local path,
+        see :mod:`dlmbench.released`) for data laid out as ``spec``; ``options`` are the
+        model entry's. The run evaluates it without training. Default: no loader."""
+        from dlmbench.errors import ConfigError
+
+        raise ConfigError(f"model {cls.name!r} has no loader of released weights; remove the entry's weights")
 
     @classmethod
     def tokenizer_request(cls, config: ModelConfig) -> TokenizerRequest:

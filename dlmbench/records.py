@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlmbench.config import Budget, stable_hash
+from dlmbench.released import WeightsSource
 from dlmbench.tokenizer import TokenizerRequest
 
 SCHEMA_VERSION = 2
@@ -110,6 +111,10 @@ class CellRecord(_Record):
     label: str = Field(description="row name in tables")
     model_config_: dict[str, Any] | None = Field(None, alias="model_config", description="the model's resolved options")
     checkpoint_hash: str | None = Field(None, description="hash stamped into the checkpoint the samples came from")
+    setup_hash: str | None = Field(
+        None, description="the checkpoint hash of the same setup trained from seed 0: a row pools its training seeds")
+    train_seed: int | None = Field(None, description="the training seed of its model (null: released weights or "
+                                                     "a record from before the field)")
     sampler: str = Field(description="sampler name")
     sampler_settings: dict[str, Any] = Field(default_factory=dict, description="the sampler's resolved settings")
     steps: int = Field(description="sampling step budget")
@@ -196,9 +201,12 @@ class ModelRecord(_Record):
     budget_hash: str = Field(description="budget of the run this record belongs to")
     device: str = Field(description="device trained on")
     threads: int | None = Field(None, description="torch CPU threads during training (float rounding depends on it)")
+    train_seed: int | None = Field(None, description="the seed of its initial weights and training noise")
     torch_version: str | None = Field(None, description="the torch that trained it")
     created: str = Field(default_factory=now, description="UTC timestamp")
     reused_checkpoint: str | None = Field(None, description="the cached checkpoint a later run reused")
+    weights: WeightsSource | None = Field(
+        None, description="released weights evaluated without training (train_* are then 0)")
     checkpoint_sha256: str | None = Field(None, description="sha256 of the checkpoint file, checked when reused")
 
     @field_validator("first_loss", "final_loss", mode="before")

@@ -24,11 +24,12 @@ from dlmbench.config import ModelEntry, RunConfig, stable_hash
 from dlmbench.context import RunContext
 from dlmbench.data import Batch
 from dlmbench.environment import describe_device, git_revision, versions
-from dlmbench.errors import CheckpointError, ConfigError
+from dlmbench.errors import CheckpointError, ConfigError, HubUnavailableError
 from dlmbench.metric import Metric, score_all
 from dlmbench.model import Model
 from dlmbench.protocol import get_protocol
 from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
+from dlmbench.released import WeightsSource, check_available, resolve_weights, tensors_sha256
 from dlmbench.registry import Registry
 from dlmbench.rescore import StoredSamplesError, score_missing, stored_generation
 from dlmbench.results import ResultStore
@@ -41,8 +42,9 @@ from dlmbench.training import compile_network, fit
 
 def default_label(entry: ModelEntry, sampler: str) -> str:
     """``model/sampler``, followed by whatever the entry sets away from the defaults
-    (its preset, tokenizer, model options, sampler options), so differently set rows read apart."""
+    (its preset, weights, tokenizer, model options, sampler options), so differently set rows read apart."""
     changed = ([f"preset={entry.preset}"] if entry.preset else []) + \
+        ([f"weights={entry.weights}"] if entry.weights else []) + \
         ([f"tokenizer={entry.tokenizer}"] if entry.tokenizer else []) + \
         [f"{k}={v}" for k, v in sorted(entry.options.items())] + \
         [f"{k}={v}" for k, v in sorted(entry.sampler_options.items())]
@@ -83,17 +85,20 @@ class Runner:
         b = self.config.budget
         return b.steps_for(data.bytes_per_position()[0] if b.unit == "bytes" else None)
 
-    def checkpoint_slot(self, model: Model, data: TaskData) -> CheckpointSlot:
-        return checkpoint_slot(model, self.config.budget, self.config.precision, self.ctx.checkpoints,
+    def checkpoint_slot(self, model: Model, data: TaskData, train_seed: int | None = None) -> CheckpointSlot:
+        """Where the model trained with ``train_seed`` (default: the budget's) is cached."""
+        budget = self.config.budget.for_training(self.config.budget.train_seed if train_seed is None else train_seed)
+        return checkpoint_slot(model, budget, self.config.precision, self.ctx.checkpoints,
                                data.fingerprint(), self.train_steps(data))
 
-    def obtain(self, model: Model, data: TaskData) -> Model:
+    def obtain(self, model: Model, data: TaskData, train_seed: int | None = None) -> Model:
         """Load the cached checkpoint for this exact setup, or train and cache it.
 
         A checkpoint is usable only with its model record beside it (the record is written
         after the checkpoint, so a crash between the two means: train again), and only if
         its bytes still match the checksum the record holds."""
-        slot = self.checkpoint_slot(model, data)
+        seed = self.config.budget.train_seed if train_seed is None else train_seed
+        slot = self.checkpoint_slot(model, data, seed)
         reuse = slot.path.exists() and slot.record_path.exists() and not (
             self.retrain and slot.digest not in self.trained)
         if reuse:
@@ -108,12 +113,13 @@ class Runner:
         if self.config.compile:
             compile_network(model)  # children of model.network only: NFE hooks stay eager
         if not reuse:
-            self.train(model, data, slot)
+            self.train(model, data, slot, seed)
             self.trained.add(slot.digest)
         return model
 
-    def train(self, model: Model, data: TaskData, slot: CheckpointSlot) -> None:
-        """Train ``model`` (already on the device, compiled if asked) and cache it in ``slot``."""
+    def train(self, model: Model, data: TaskData, slot: CheckpointSlot, train_seed: int) -> None:
+        """Train ``model`` (already on the device, compiled if asked) from ``train_seed``
+        and cache it in ``slot``."""
         b = self.config.budget
         steps = self.train_steps(data)
         per_position, _ = data.bytes_per_position()
@@ -131,14 +137,14 @@ class Runner:
             if step % 20 == 0:
                 bars[0].set_postfix(loss=f"{loss:.3f}")
 
-        report = fit(model, data.train, batch_size=b.batch_size, steps=steps, seed=b.train_seed, progress=tick,
+        report = fit(model, data.train, batch_size=b.batch_size, steps=steps, seed=train_seed, progress=tick,
                      precision=self.config.precision)
         for bar in bars:
             bar.close()
         if report.prepared:
             what = report.prepared.get("what", "Model.prepare")
             self.echo(f"[{model.name}] before training: {what} ({report.prepared.get('seconds', 0):.0f}s)")
-        bound = self.likelihood_bound(model, data)
+        bound = self.likelihood_bound(model, data, train_seed)
         if not self.world.is_main:
             distributed.barrier()  # wait for rank 0's checkpoint
             return
@@ -157,12 +163,40 @@ class Runner:
             parameters=sum(p.numel() for p in model.trainable_parameters()),
             likelihood_bound=bound, prepared=report.prepared or None,
             task=self.config.task, budget_hash=self.config.budget_hash(), device=describe_device(self.device),
-            threads=torch.get_num_threads(), torch_version=torch.__version__,
+            threads=torch.get_num_threads(), torch_version=torch.__version__, train_seed=train_seed,
         )
         write_text_atomic(slot.record_path, record.to_json())
         self.store.write_model(record)
         self.echo(f"[{model.name}] trained in {report.seconds:.0f}s, final loss {report.losses[-1]:.3f}")
         distributed.barrier()
+
+    def load_released(self, entry: ModelEntry, data: TaskData) -> tuple[Model, WeightsSource]:
+        """The entry's released weights, loaded by its plugin for this view of the task."""
+        cls = self.registry.model(entry.name)
+        source, facts = resolve_weights(str(entry.weights), cls)
+        self.echo(f"[{entry.name}] loading weights {entry.weights} ({source}); not training")
+        model = cls.load_weights(source, data.spec, dict(entry.options))
+        return model, WeightsSource(weights=str(entry.weights), source=source, released=facts,
+                                    sha256=tensors_sha256(model))
+
+    def evaluate_released(self, model: Model, data: TaskData, released: WeightsSource) -> Model:
+        """Released weights go to the device untrained; their record says whose they are."""
+        model.to(self.device).eval()
+        if self.config.compile:
+            compile_network(model)
+        if not self.world.is_main:
+            return model
+        digest = released.sha256[:16]
+        if not self.store.has_model(model.name, digest):
+            self.store.write_model(ModelRecord(
+                model=model.name, checkpoint_hash=digest, model_config=model.config.model_dump(mode="json"),
+                train_steps=0, train_tokens=0, train_seconds=0.0, weights=released,
+                tokenizer=data.info.get("tokenizer"), vocab_size=data.spec.vocab_size,
+                parameters=sum(p.numel() for p in model.parameters()),
+                likelihood_bound=self.likelihood_bound(model, data), task=self.config.task,
+                budget_hash=self.config.budget_hash(), device=describe_device(self.device),
+                threads=torch.get_num_threads(), torch_version=torch.__version__))
+        return model
 
     @staticmethod
     def verify(slot: CheckpointSlot, record: ModelRecord) -> None:
@@ -183,11 +217,12 @@ class Runner:
             "task": self.config.task, "budget_hash": self.config.budget_hash(), "reused_checkpoint": str(slot.path)}))
 
     @torch.no_grad()
-    def likelihood_bound(self, model: Model, data: TaskData, max_rows: int = 512) -> LikelihoodBound | None:
+    def likelihood_bound(self, model: Model, data: TaskData, seed: int | None = None,
+                         max_rows: int = 512) -> LikelihoodBound | None:
         """Validation NELBO per token and its perplexity bound, for models that have one,
         and per byte of the text those tokens decode to (what compares across tokenizers)."""
         rows = data.valid[:max_rows].to(self.device)
-        torch.manual_seed(self.config.budget.train_seed)
+        torch.manual_seed(self.config.budget.train_seed if seed is None else seed)
         total, count = 0.0, 0
         for lo in range(0, rows.shape[0], 128):
             nelbo = model.nelbo(Batch(rows[lo : lo + 128]))
@@ -246,8 +281,11 @@ class Runner:
             try:
                 build_model_config(entry, self.config.preset, self.registry)
                 build_sampler(entry, self.registry, views.default.spec.prefix_len > 0)
+                if entry.weights is not None:  # a bad name, or weights offline and not downloaded: now
+                    check_available(entry.weights, *resolve_weights(entry.weights, self.registry.model(entry.name)),
+                                    self.ctx)
                 request = views.request(entry)
-            except ConfigError:
+            except (ConfigError, HubUnavailableError):
                 raise
             except Exception:  # noqa: BLE001 - a broken plugin fails its own cells later
                 request = TokenizerRequest()
@@ -308,34 +346,51 @@ class Runner:
 
     def run_model(self, entry: ModelEntry, data: TaskData, metrics: list[Metric],
                   request: TokenizerRequest) -> list[CellRecord]:
+        """Every cell of ``entry``: for each training seed of the budget, one trained model
+        (released weights: the one model they are)."""
+        seeds = [None] if entry.weights is not None else self.config.budget.training_seeds
+        return [r for seed in seeds for r in self.run_trained(entry, data, metrics, request, seed)]
+
+    def run_trained(self, entry: ModelEntry, data: TaskData, metrics: list[Metric], request: TokenizerRequest,
+                    train_seed: int | None) -> list[CellRecord]:
+        """The cells of one model: ``entry`` trained from ``train_seed``, or its released weights."""
         cfg, b = self.config, self.config.budget
+        released: WeightsSource | None = None
         try:
-            torch.manual_seed(b.train_seed)  # the initial weights must not depend on what ran before
-            model = build_model(entry, cfg.preset, self.registry, data)
+            torch.manual_seed(b.train_seed if train_seed is None else train_seed)  # not what ran before
+            if entry.weights is not None:
+                model, released = self.load_released(entry, data)
+            else:
+                model = build_model(entry, cfg.preset, self.registry, data)
             sampler = build_sampler(entry, self.registry, data.spec.prefix_len > 0)
-        except ConfigError:
+        except (ConfigError, HubUnavailableError):
             raise  # a configuration error stops the run: nothing would be comparable
         except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build fails its cells
             return self.fail_unbuildable(entry, data, request, exc)
-        slot = self.checkpoint_slot(model, data)
+        if released:
+            digest = setup = released.sha256[:16]
+        else:  # the setup: the same model trained from seed 0 (a row pools its training seeds)
+            digest, setup = (self.checkpoint_slot(model, data, s).digest for s in (train_seed, 0))
         label = entry.label or default_label(entry, sampler.name)
         settings = sampler.config.model_dump(mode="json")
-        cells = [(steps, seed, self.identity(entry.name, slot.digest, sampler.name, settings, steps, seed).cell_id)
+        cells = [(steps, seed, self.identity(entry.name, digest, sampler.name, settings, steps, seed).cell_id)
                  for steps in b.steps for seed in b.seeds]
         done = {c: self.finished(c[2], metrics, data) for c in cells} if self.world.is_main else {}
         todo = distributed.gather_objects([c for c in cells if done.get(c) is None])[0]
         records = [r for r in done.values() if r is not None]
+        trained = "" if train_seed is None or len(b.training_seeds) == 1 else f" (training seed {train_seed})"
         if not todo:
-            self.echo(f"[{entry.name}] all {len(cells)} cells finished already; skipping")
+            self.echo(f"[{entry.name}]{trained} all {len(cells)} cells finished already; skipping")
             return records
         common = {
             **self.base_fields(data, request), "precision": cfg.precision, "compile": cfg.compile, "model": entry.name,
-            "label": label, "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": slot.digest,
-            "sampler": sampler.name, "sampler_settings": settings,
-            "train_tokens": self.train_steps(data) * b.batch_size * b.seq_len,
+            "label": label, "model_config": model.config.model_dump(mode="json"), "checkpoint_hash": digest,
+            "setup_hash": setup, "train_seed": train_seed, "sampler": sampler.name, "sampler_settings": settings,
+            "train_tokens": None if released else self.train_steps(data) * b.batch_size * b.seq_len,
         }
         try:
-            model = self.obtain(model, data)
+            model = (self.evaluate_released(model, data, released) if released
+                     else self.obtain(model, data, train_seed))
         except Exception as exc:  # noqa: BLE001 - a broken plugin fails only its own cells
             return records + [self.fail(common, steps, seed, cid, exc) for steps, seed, cid in todo]
         for steps, seed, cid in todo:

@@ -10,6 +10,7 @@ from dlmbench.config import build_run_config
 from dlmbench.errors import ConfigError
 from dlmbench.plugins import build_registry, get_plugin_manager
 from dlmbench.build import build_model_config, build_sampler
+from dlmbench.released import resolve_weights
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -30,6 +31,8 @@ def test_config_resolves(path, registry):
     for entry in config.models:
         build_model_config(entry, config.preset, registry)
         build_sampler(entry, registry)
+        if entry.weights is not None:  # a released checkpoint its plugin lists
+            resolve_weights(entry.weights, registry.model(entry.name))
 
 
 def test_an_explicit_unknown_model_preset_is_an_error(registry):

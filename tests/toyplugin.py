@@ -6,6 +6,7 @@ It is registered through the same hooks as real plugins (``extra=[toyplugin]``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -16,6 +17,7 @@ from dlmbench.categorical import sample_from_logits
 from dlmbench.data import DataSpec
 from dlmbench.metric import MetricValue
 from dlmbench.prefix import initial_ids
+from dlmbench.released import ReleasedWeights
 from dlmbench.task import TaskData
 from dlmbench.tokenizer import TextTokenizer
 
@@ -46,6 +48,17 @@ class ToyModel(dlmbench.Model):
     name = "toy"
     Config = ToyConfig
     default_sampler = "reveal"
+    released_weights: ClassVar[dict[str, ReleasedWeights]] = {
+        "toy-v1": ReleasedWeights(hub="toy-org/toy-v1", trained_on="1,280 toy tokens", reference="toyplugin")}
+
+    @classmethod
+    def load_weights(cls, source, spec, options):
+        """A directory with the network's ``model.safetensors``."""
+        from safetensors.torch import load_file
+
+        model = cls(ToyConfig(**options), spec)
+        model.net.load_state_dict(load_file(str(Path(source) / "model.safetensors")))
+        return model
 
     def __init__(self, config: ToyConfig, spec: DataSpec):
         if config.fail_in == "build":

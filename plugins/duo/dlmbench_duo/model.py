@@ -39,6 +39,8 @@ the loss; only target positions are noised and scored
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -48,6 +50,7 @@ from dlmbench.errors import ConfigError
 from dlmbench.model import Model
 from dlmbench.nn.dit_config import DiTModelConfig
 from dlmbench.prefix import target_positions
+from dlmbench.released import ReleasedWeights
 from dlmbench.schedule import LogLinearSchedule, StratifiedUniform
 
 from dlmbench_duo.duality import alpha_tilde, duality_table
@@ -135,6 +138,23 @@ class Duo(Model):
     name = "duo"
     Config = DuoConfig
     default_sampler = "ancestral"
+    released_weights: ClassVar[dict[str, ReleasedWeights]] = {
+        "duo-owt": ReleasedWeights(
+            hub="s-sahoo/duo",
+            trained_on="524B GPT-2 tokens of OpenWebText (1M steps x 512 x 1024, curriculum for the first 500K)",
+            reference="Sahoo et al. 2025, section 5.1"),
+        "duo-distilled": ReleasedWeights(
+            hub="s-sahoo/duo-distilled",
+            trained_on="524B GPT-2 tokens of OpenWebText, then 5 rounds of discrete consistency distillation "
+                       "(50K steps x 128 x 1024, about 6.7B tokens)",
+            distilled=True, reference="Sahoo et al. 2025, section 5.2 and Algorithm 1"),
+    }
+
+    @classmethod
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "Duo":
+        from dlmbench_duo.official import load_official
+
+        return load_official(source, spec=spec, **options)
 
     def __init__(self, config: DuoConfig, spec: DataSpec):
         super().__init__(config, spec)

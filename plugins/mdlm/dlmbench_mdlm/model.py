@@ -36,6 +36,8 @@ the bound cover target positions only (intersected with ``batch.loss_mask`` if g
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -45,6 +47,7 @@ from dlmbench.errors import ConfigError
 from dlmbench.model import Model
 from dlmbench.nn.dit_config import DiTModelConfig
 from dlmbench.prefix import target_positions
+from dlmbench.released import ReleasedWeights
 from dlmbench.schedule import LogLinearSchedule, StratifiedUniform
 
 #: The code's ``neg_infinity`` (``diffusion.py``), used by SUBS.
@@ -100,6 +103,18 @@ class MDLM(Model):
     name = "mdlm"
     Config = MDLMConfig
     default_sampler = "ddpm_cache"
+    released_weights: ClassVar[dict[str, ReleasedWeights]] = {
+        "mdlm-owt": ReleasedWeights(
+            hub="kuleshov-group/mdlm-owt",
+            trained_on="524B GPT-2 tokens of OpenWebText (1M steps x 512 x 1024)",
+            reference="Sahoo et al. 2024, section 4.1 and Table 3"),
+    }
+
+    @classmethod
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "MDLM":
+        from dlmbench_mdlm.official import load_official
+
+        return load_official(source, spec=spec, **options)
 
     def __init__(self, config: MDLMConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -1,0 +1,101 @@
+"""Released weights: the authors' checkpoints evaluated under the run's budget.
+
+A model entry's ``weights`` names them, in one of three forms:
+
+* ``released:NAME``: a checkpoint the model's plugin lists in ``Model.released_weights``
+  (e.g. ``released:ELF-B-owt``), with the facts a table states about it;
+* ``hf:OWNER/REPO``: a Hugging Face repository the plugin's loader reads;
+* a local path: a downloaded copy of either (what an offline machine passes).
+
+Training is skipped; the sampling steps, the NFE count, the seeds, the tokenizer rule and
+the evaluator stay the run's, so released rows compare with trained ones on everything
+but training, and every table says who trained them on how much data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dlmbench.errors import ConfigError, HubUnavailableError
+
+if TYPE_CHECKING:
+    from dlmbench.context import RunContext
+    from dlmbench.model import Model
+
+RELEASED, HUB = "released:", "hf:"
+
+
+class ReleasedWeights(BaseModel):
+    """What a plugin knows about one released checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hub: str = Field(description="Hugging Face repository")
+    trained_on: str = Field(description="the authors' training data and amount, as their paper states it")
+    distilled: bool = Field(False, description="a distilled (few-step) student")
+    reference: str = Field("", description="where the facts come from (paper, section, table)")
+
+
+class WeightsSource(BaseModel):
+    """Which weights a row sampled from: stored in its model record."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: str = Field(description="the model entry's weights, as written")
+    source: str = Field(description="the hub repository or local path the loader read")
+    released: ReleasedWeights | None = Field(None, description="the plugin's facts about them, if it lists them")
+    sha256: str = Field(description="sha256 of the loaded tensors (names, dtypes, shapes and values)")
+
+
+def resolve_weights(weights: str, model: type[Model]) -> tuple[str, ReleasedWeights | None]:
+    """The source ``model``'s loader reads for ``weights``, and what is known about it."""
+    catalog = model.released_weights
+    if weights.startswith(RELEASED):
+        name = weights[len(RELEASED):]
+        if name not in catalog:
+            known = ", ".join(RELEASED + n for n in catalog) or "none"
+            raise ConfigError(f"weights={weights!r}: model {model.name!r} lists no released checkpoint {name!r} "
+                              f"(it lists: {known}); or give hf:OWNER/REPO or a local path")
+        return catalog[name].hub, catalog[name]
+    facts = {c.hub: c for c in catalog.values()}
+    if weights.startswith(HUB):
+        repo = weights[len(HUB):]
+        if repo.count("/") != 1:
+            raise ConfigError(f"weights={weights!r}: write hf:OWNER/REPO, e.g. hf:kuleshov-group/mdlm-owt")
+        return repo, facts.get(repo)
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise ConfigError(f"weights={weights!r} is not a path that exists; give released:NAME, hf:OWNER/REPO "
+                          f"or the path of a downloaded checkpoint")
+    return str(path), None
+
+
+def tensors_sha256(module: torch.nn.Module) -> str:
+    """A digest of every tensor a model holds (what names its rows' cells)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_available(weights: str, source: str, facts: ReleasedWeights | None, context: RunContext) -> None:
+    """Offline, a hub repository must already be in the local Hugging Face cache: say so
+    before any model trains, with the command that downloads it."""
+    if Path(source).expanduser().exists() or not context.offline:
+        return
+    try:
+        import huggingface_hub
+
+        huggingface_hub.snapshot_download(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (the exception type varies by version)
+        raise HubUnavailableError(
+            f"weights={weights!r}: hub repository {source!r} is not in the local Hugging Face cache and the hub is "
+            f"offline ({context.offline_reason or 'offline'}); download it while online (`hf download {source}`) "
+            f"and give its directory as weights") from None
