@@ -21,7 +21,8 @@ class RunContext:
     """Run state shared by every component of one run.
 
     ``cache`` is the root of everything a run may reuse: ``checkpoints/``, ``tasks/``
-    (built task data) and ``evaluators/`` (the offline proxy evaluator). ``offline``
+    (built task data), ``evaluators/`` (the offline proxy evaluator) and ``released/``
+    (released weights converted to safetensors). ``offline``
     says the Hugging Face hub must not be contacted; ``offline_reason`` says why (shown
     in error messages). ``world`` is the ``torchrun`` world, a single process unless a
     command that trains or samples joined one. ``threads`` is torch's CPU thread count,

@@ -9,6 +9,7 @@ the core so that they are identical for every model.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -75,10 +76,13 @@ class Model(torch.nn.Module):
     released_weights: ClassVar[dict[str, ReleasedWeights]] = {}
 
     @classmethod
-    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "Model":
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any], cache: Path,
+                     preset: str | None = None) -> "Model":
         """A model holding the weights at ``source`` (a hub repository or a local path,
-        see :mod:`dlmbench.released`) for data laid out as ``spec``; ``options`` are the
-        model entry's. The run evaluates it without training. Default: no loader."""
+        see :mod:`dlmbench.released`) for data laid out as ``spec``; ``options`` and
+        ``preset`` are the model entry's (for a checkpoint whose size its shapes do not
+        tell); ``cache`` is a directory the loader may keep converted files in. The run
+        evaluates it without training. Default: no loader."""
         from dlmbench.errors import ConfigError
 
         raise ConfigError(f"model {cls.name!r} has no loader of released weights; remove the entry's weights")

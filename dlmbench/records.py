@@ -214,6 +214,20 @@ class ModelRecord(_Record):
     def _finite_loss(cls, value: Any) -> Any:
         return _finite(value)
 
+    @classmethod
+    def of_released(cls, model: Any, weights: WeightsSource, data: Any, bound: LikelihoodBound | None,
+                    **facts: Any) -> "ModelRecord":
+        """The record of released weights a run evaluates untrained (``facts``: the run's
+        task, budget hash and device)."""
+        import torch
+
+        return cls(model=model.name, checkpoint_hash=weights.sha256[:16],
+                   model_config=model.config.model_dump(mode="json"), train_steps=0, train_tokens=0,
+                   train_seconds=0.0, weights=weights, tokenizer=data.info.get("tokenizer"),
+                   vocab_size=data.spec.vocab_size, parameters=sum(p.numel() for p in model.parameters()),
+                   likelihood_bound=bound, threads=torch.get_num_threads(), torch_version=torch.__version__,
+                   **facts)
+
 
 class RunRecord(_Record):
     """``run.json``: the resolved run config."""

@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dlmbench.errors import ConfigError, HubUnavailableError
 
 if TYPE_CHECKING:
+    from dlmbench.config import ModelEntry
     from dlmbench.context import RunContext
+    from dlmbench.data import DataSpec
     from dlmbench.model import Model
 
 RELEASED, HUB = "released:", "hf:"
@@ -99,3 +101,12 @@ def check_available(weights: str, source: str, facts: ReleasedWeights | None, co
             f"weights={weights!r}: hub repository {source!r} is not in the local Hugging Face cache and the hub is "
             f"offline ({context.offline_reason or 'offline'}); download it while online (`hf download {source}`) "
             f"and give its directory as weights") from None
+
+
+def load_released(entry: ModelEntry, model: type[Model], spec: DataSpec, cache: Path) -> tuple[Model, WeightsSource]:
+    """``entry``'s weights, loaded by its plugin for data laid out as ``spec`` (converted
+    files kept under ``cache``), and where they came from."""
+    source, facts = resolve_weights(str(entry.weights), model)
+    loaded = model.load_weights(source, spec, dict(entry.options), cache, entry.preset)
+    return loaded, WeightsSource(weights=str(entry.weights), source=source, released=facts,
+                                 sha256=tensors_sha256(loaded))

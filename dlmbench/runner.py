@@ -22,14 +22,14 @@ from dlmbench.build import TaskViews, build_metrics, build_model, build_model_co
 from dlmbench.checkpoint import CheckpointSlot, checkpoint_slot, file_sha256, load_checkpoint, save_checkpoint
 from dlmbench.config import ModelEntry, RunConfig, stable_hash
 from dlmbench.context import RunContext
-from dlmbench.data import Batch
 from dlmbench.environment import describe_device, git_revision, versions
 from dlmbench.errors import CheckpointError, ConfigError, HubUnavailableError
 from dlmbench.metric import Metric, score_all
 from dlmbench.model import Model
 from dlmbench.protocol import get_protocol
+from dlmbench.bound import likelihood_bound
 from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
-from dlmbench.released import WeightsSource, check_available, resolve_weights, tensors_sha256
+from dlmbench.released import WeightsSource, check_available, load_released, resolve_weights
 from dlmbench.registry import Registry
 from dlmbench.rescore import StoredSamplesError, score_missing, stored_generation
 from dlmbench.results import ResultStore
@@ -80,8 +80,7 @@ class Runner:
 
     # -- training ---------------------------------------------------------------------------
     def train_steps(self, data: TaskData) -> int:
-        """This model's optimiser steps: the budget's, or for a bytes budget those whose
-        rows hold ``train_bytes`` of text through the model's tokenizer."""
+        """The budget's optimiser steps (a bytes budget's: for this view's bytes per row)."""
         b = self.config.budget
         return b.steps_for(data.bytes_per_position()[0] if b.unit == "bytes" else None)
 
@@ -170,15 +169,6 @@ class Runner:
         self.echo(f"[{model.name}] trained in {report.seconds:.0f}s, final loss {report.losses[-1]:.3f}")
         distributed.barrier()
 
-    def load_released(self, entry: ModelEntry, data: TaskData) -> tuple[Model, WeightsSource]:
-        """The entry's released weights, loaded by its plugin for this view of the task."""
-        cls = self.registry.model(entry.name)
-        source, facts = resolve_weights(str(entry.weights), cls)
-        self.echo(f"[{entry.name}] loading weights {entry.weights} ({source}); not training")
-        model = cls.load_weights(source, data.spec, dict(entry.options))
-        return model, WeightsSource(weights=str(entry.weights), source=source, released=facts,
-                                    sha256=tensors_sha256(model))
-
     def evaluate_released(self, model: Model, data: TaskData, released: WeightsSource) -> Model:
         """Released weights go to the device untrained; their record says whose they are."""
         model.to(self.device).eval()
@@ -186,16 +176,10 @@ class Runner:
             compile_network(model)
         if not self.world.is_main:
             return model
-        digest = released.sha256[:16]
-        if not self.store.has_model(model.name, digest):
-            self.store.write_model(ModelRecord(
-                model=model.name, checkpoint_hash=digest, model_config=model.config.model_dump(mode="json"),
-                train_steps=0, train_tokens=0, train_seconds=0.0, weights=released,
-                tokenizer=data.info.get("tokenizer"), vocab_size=data.spec.vocab_size,
-                parameters=sum(p.numel() for p in model.parameters()),
-                likelihood_bound=self.likelihood_bound(model, data), task=self.config.task,
-                budget_hash=self.config.budget_hash(), device=describe_device(self.device),
-                threads=torch.get_num_threads(), torch_version=torch.__version__))
+        if not self.store.has_model(model.name, released.sha256[:16]):
+            self.store.write_model(ModelRecord.of_released(
+                model, released, data, self.likelihood_bound(model, data), task=self.config.task,
+                budget_hash=self.config.budget_hash(), device=describe_device(self.device)))
         return model
 
     @staticmethod
@@ -216,26 +200,8 @@ class Runner:
         self.store.write_model(record.model_copy(update={
             "task": self.config.task, "budget_hash": self.config.budget_hash(), "reused_checkpoint": str(slot.path)}))
 
-    @torch.no_grad()
-    def likelihood_bound(self, model: Model, data: TaskData, seed: int | None = None,
-                         max_rows: int = 512) -> LikelihoodBound | None:
-        """Validation NELBO per token and its perplexity bound, for models that have one,
-        and per byte of the text those tokens decode to (what compares across tokenizers)."""
-        rows = data.valid[:max_rows].to(self.device)
-        torch.manual_seed(self.config.budget.train_seed if seed is None else seed)
-        total, count = 0.0, 0
-        for lo in range(0, rows.shape[0], 128):
-            nelbo = model.nelbo(Batch(rows[lo : lo + 128]))
-            if nelbo is None:
-                return None
-            total += float(nelbo.sum())
-            count += nelbo.numel() * (data.spec.seq_len - data.spec.prefix_len)
-        per_token = total / count
-        scored = rows[:, data.spec.prefix_len:].tolist()
-        text_bytes = sum(len(t.encode("utf-8")) for t in data.tokenizer.backend.decode_batch(
-            scored, skip_special_tokens=True))
-        return LikelihoodBound(nelbo_per_token=per_token, ppl_bound=float(torch.tensor(per_token).exp()),
-                               rows=int(rows.shape[0]), nelbo_per_byte=total / text_bytes if text_bytes else None)
+    def likelihood_bound(self, model: Model, data: TaskData, seed: int | None = None) -> LikelihoodBound | None:
+        return likelihood_bound(model, data, self.device, self.config.budget.train_seed if seed is None else seed)
 
     # -- evaluation -------------------------------------------------------------------------
     def run(self) -> list[CellRecord]:
@@ -259,11 +225,9 @@ class Runner:
             f"task {cfg.task}: {data.train.shape[0]} train x {data.spec.seq_len} tokens, vocab {data.spec.vocab_size}; "
             f"metrics {', '.join(m.key for m in metrics)}"
         )
-        for request in dict.fromkeys(r for r in requests if not r.is_default):
-            view = views.get(request)
-            self.echo(f"  {', '.join(e.name for e, r in zip(cfg.models, requests) if r == request)} read it "
-                      f"through {self.tokenizer_name(view)}: {view.train.shape[0]} train rows, vocab "
-                      f"{view.spec.vocab_size}")
+        for request, view in ((r, views.get(r)) for r in dict.fromkeys(requests) if not r.is_default):
+            users = ", ".join(e.name for e, r in zip(cfg.models, requests) if r == request)
+            self.echo(f"  {users} read it through {view.tokenizer_name}: vocab {view.spec.vocab_size}")
         records = []
         if self.world.is_main:  # a held-out row per view of the task, the task's own first
             records = [self.reference_cell(views.get(r), metrics, r)
@@ -292,10 +256,6 @@ class Runner:
             views.get(request, f"model {entry.name!r}")  # loaded now: a hub failure stops the run here
             requests.append(request)
         return requests
-
-    @staticmethod
-    def tokenizer_name(data: TaskData) -> str:
-        return str(data.info.get("tokenizer", "the task's vocabulary"))
 
     def identity(self, model: str, model_hash: str, sampler: str, settings: dict, steps: int, seed: int) -> CellIdentity:
         return CellIdentity(run=self.config.name, model=model, model_hash=model_hash, sampler=sampler,
@@ -332,7 +292,7 @@ class Runner:
         this row, recorded, and the run goes on."""
         b = self.config.budget
         cid = self.identity("data", data.fingerprint(), "held-out", {}, 0, b.data_seed).cell_id
-        label = "data (held-out)" if request.is_default else f"data (held-out, {self.tokenizer_name(data)})"
+        label = "data (held-out)" if request.is_default else f"data (held-out, {data.tokenizer_name})"
         common = {**self.base_fields(data, request), "model": "data", "label": label, "sampler": "held-out"}
         try:
             if (done := self.finished(cid, metrics, data)) is not None:
@@ -359,7 +319,8 @@ class Runner:
         try:
             torch.manual_seed(b.train_seed if train_seed is None else train_seed)  # not what ran before
             if entry.weights is not None:
-                model, released = self.load_released(entry, data)
+                self.echo(f"[{entry.name}] loading weights {entry.weights}; not training")
+                model, released = load_released(entry, self.registry.model(entry.name), data.spec, self.ctx.cache)
             else:
                 model = build_model(entry, cfg.preset, self.registry, data)
             sampler = build_sampler(entry, self.registry, data.spec.prefix_len > 0)

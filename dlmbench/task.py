@@ -72,6 +72,11 @@ class TaskData:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer a text task read this view through (hub id, directory or ``bpe``)."""
+        return str(self.info.get("tokenizer", "the task's vocabulary"))
+
     def text_identity(self) -> str:
         return self.text_fingerprint or self.fingerprint()
 

@@ -52,7 +52,7 @@ class ToyModel(dlmbench.Model):
         "toy-v1": ReleasedWeights(hub="toy-org/toy-v1", trained_on="1,280 toy tokens", reference="toyplugin")}
 
     @classmethod
-    def load_weights(cls, source, spec, options):
+    def load_weights(cls, source, spec, options, cache, preset=None):
         """A directory with the network's ``model.safetensors``."""
         from safetensors.torch import load_file
 

@@ -39,6 +39,7 @@ the loss; only target positions are noised and scored
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -151,7 +152,8 @@ class Duo(Model):
     }
 
     @classmethod
-    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "Duo":
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any], cache: Path,
+                     preset: str | None = None) -> "Duo":
         from dlmbench_duo.official import load_official
 
         return load_official(source, spec=spec, **options)

@@ -138,7 +138,7 @@ class DecodeHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if tied else None
 
     def forward(self, h: Tensor, weight: Tensor | None = None) -> Tensor:
-        u = F.gelu(self.proj(h))
+        u = F.gelu(self.proj(h), approximate="tanh")  # tanh-approximated, as the reference's decode head
         if self.unembed is not None:
             return self.unembed(u)
         assert weight is not None, "a tied decode head needs the embedding table"

@@ -44,7 +44,8 @@ embed a conditional task's source).
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +54,12 @@ from torch import Tensor
 from dlmbench.data import Batch, DataSpec
 from dlmbench.model import Model, ModelConfig
 from dlmbench.prefix import target_positions
+from dlmbench.released import ReleasedWeights
 from dlmbench.tokenizer import TokenizerRequest
 from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.denoiser import Denoiser
 from dlmbench_elf.encoder import LatentEncoder
+from dlmbench_elf.official import RELEASED_WEIGHTS
 from dlmbench_elf.path import FlowPath, LogitNormal, LogUniformScale, sc_cfg_target
 
 
@@ -92,6 +95,16 @@ class ELF(Model):
     Config: ClassVar[type[ModelConfig]] = ELFConfig
     default_sampler: ClassVar[str] = "sde"  # unconditional reference: SDE, gamma 1.5, w 3
     default_conditional_sampler: ClassVar[str] = "ode"  # De-En / XSum reference: ODE, w 1, CFG 2
+    released_weights: ClassVar[dict[str, ReleasedWeights]] = RELEASED_WEIGHTS
+
+    @classmethod
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any], cache: Path,
+                     preset: str | None = None) -> "ELF":
+        """Released weights (``dlmbench_elf.official``): ``ema_params1`` of the authors'
+        training state, converted once to safetensors under ``cache``."""
+        from dlmbench_elf.official import load_official
+
+        return load_official(source, spec=spec, cache=cache, preset=preset, **options)
 
     @classmethod
     def tokenizer_request(cls, config: ModelConfig) -> TokenizerRequest:

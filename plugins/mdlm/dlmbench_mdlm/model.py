@@ -36,6 +36,7 @@ the bound cover target positions only (intersected with ``batch.loss_mask`` if g
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -111,7 +112,8 @@ class MDLM(Model):
     }
 
     @classmethod
-    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any]) -> "MDLM":
+    def load_weights(cls, source: str, spec: DataSpec, options: dict[str, Any], cache: Path,
+                     preset: str | None = None) -> "MDLM":
         from dlmbench_mdlm.official import load_official
 
         return load_official(source, spec=spec, **options)
