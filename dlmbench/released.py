@@ -4,6 +4,7 @@ A model entry's ``weights`` names them, in one of three forms:
 
 * ``released:NAME``: a checkpoint the model's plugin lists in ``Model.released_weights``
   (e.g. ``released:ELF-B-owt``), with the facts a table states about it;
+  ``released:NAME@PATH`` reads it from a downloaded copy at PATH (an offline machine);
 * ``hf:OWNER/REPO``: a Hugging Face repository the plugin's loader reads;
 * a local path: a downloaded copy of either (what an offline machine passes).
 
@@ -58,12 +59,15 @@ def resolve_weights(weights: str, model: type[Model]) -> tuple[str, ReleasedWeig
     """The source ``model``'s loader reads for ``weights``, and what is known about it."""
     catalog = model.released_weights
     if weights.startswith(RELEASED):
-        name = weights[len(RELEASED):]
+        name, at, copy = weights[len(RELEASED):].partition("@")
         if name not in catalog:
             known = ", ".join(RELEASED + n for n in catalog) or "none"
             raise ConfigError(f"weights={weights!r}: model {model.name!r} lists no released checkpoint {name!r} "
                               f"(it lists: {known}); or give hf:OWNER/REPO or a local path")
-        return catalog[name].hub, catalog[name]
+        if at and not Path(copy).expanduser().exists():
+            raise ConfigError(f"weights={weights!r}: {copy!r} does not exist; give the directory "
+                              f"`hf download {catalog[name].hub} --local-dir DIR` wrote")
+        return (str(Path(copy).expanduser()) if at else catalog[name].hub), catalog[name]
     facts = {c.hub: c for c in catalog.values()}
     if weights.startswith(HUB):
         repo = weights[len(HUB):]
@@ -97,10 +101,11 @@ def check_available(weights: str, source: str, facts: ReleasedWeights | None, co
 
         huggingface_hub.snapshot_download(source, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached (the exception type varies by version)
+        then = f"released:{weights[len(RELEASED):]}@DIR" if weights.startswith(RELEASED) else "DIR"
         raise HubUnavailableError(
             f"weights={weights!r}: hub repository {source!r} is not in the local Hugging Face cache and the hub is "
-            f"offline ({context.offline_reason or 'offline'}); download it while online (`hf download {source}`) "
-            f"and give its directory as weights") from None
+            f"offline ({context.offline_reason or 'offline'}); download it while online "
+            f"(`hf download {source} --local-dir DIR`) and give weights: {then}") from None
 
 
 def load_released(entry: ModelEntry, model: type[Model], spec: DataSpec, cache: Path) -> tuple[Model, WeightsSource]:

@@ -57,7 +57,7 @@ def released_run(tmp_path, monkeypatch):
                          "bottleneck_dim": arch["bottleneck_dim"], "latent_scale": elf["latent_std"],
                          "latent_mean": elf["latent_mean"]}},
             {"name": "mdlm", "weights": str(GOLDEN / "mdlm"), "tokenizer": gpt2},
-            {"name": "duo", "weights": str(GOLDEN / "duo"), "tokenizer": gpt2},
+            {"name": "duo", "weights": f"released:duo-distilled@{GOLDEN / 'duo'}", "tokenizer": gpt2},
         ],
         "budget": {"seq_len": 16, "steps": [4], "seeds": [0], "num_samples": 4, "evaluator": "proxy"},
     }
@@ -83,6 +83,8 @@ def test_released_checkpoints_of_all_three_run_end_to_end(released_run):
     assert list(Path(".dlmbench-cache", "released").glob("*.safetensors"))  # ELF's, converted once
     table = (released_run / "leaderboard.md").read_text()
     assert table.count("released weights `") == 3 and "trained elsewhere" in table
+    duo = next(line for line in table.splitlines() if "released weights `released:duo-distilled@" in line)
+    assert "trained by the authors on 524B GPT-2 tokens" in duo and "; distilled;" in duo
 
 
 @pytest.mark.parametrize("model, name, hub", [
@@ -99,5 +101,5 @@ def test_offline_a_real_released_name_fails_at_once_with_the_download(model, nam
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 4 and len(err) == 1, err
     assert f"hub repository {hub!r} is not in the local Hugging Face cache" in err[0]
-    assert f"`hf download {hub}`" in err[0]
+    assert f"`hf download {hub} --local-dir DIR`) and give weights: released:{name}@DIR" in err[0]
     assert not Path(".dlmbench-cache", "checkpoints").exists()

@@ -73,6 +73,17 @@ def test_offline_a_released_hub_checkpoint_fails_before_any_training(toy_config,
     cfg = toy_config(models=["toy", {"name": "toy", "weights": "released:toy-v1"}])
     context = RunContext.create(cache=cfg.cache, device="cpu", offline=True, offline_reason="a test")
     with pytest.raises(HubUnavailableError, match=r"'toy-org/toy-v1' is not in the local Hugging Face cache.*"
-                                                  r"hf download toy-org/toy-v1"):
+                                                  r"hf download toy-org/toy-v1 --local-dir DIR"):
         quiet(cfg, toy_registry, context=context).run()
     assert not (tmp_path / "cache" / "checkpoints").exists()  # the first entry never trained
+
+
+def test_a_downloaded_copy_of_a_released_checkpoint_keeps_its_facts(trained, toy_config, toy_registry, tmp_path):
+    from dlmbench.released import resolve_weights
+
+    _, weights = trained
+    toy = toy_registry.model("toy")
+    assert resolve_weights(f"released:toy-v1@{weights}", toy) == (str(weights), toy.released_weights["toy-v1"])
+    with pytest.raises(ConfigError, match=r"'/nowhere' does not exist; give the directory "
+                                          r"`hf download toy-org/toy-v1 --local-dir DIR` wrote"):
+        resolve_weights("released:toy-v1@/nowhere", toy)
