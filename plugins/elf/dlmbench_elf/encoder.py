@@ -13,8 +13,9 @@ table) behind one switch (``config.encoder``):
 ``scratch``           a T5 (the named architecture, else a tiny one built from the config
                       over the task's own vocabulary) pretrained from scratch with masked
                       LM on the task's training split before the flow, then frozen: the
-                      paper's "contextual T5 trained from scratch" ablation and the
-                      embedded CPU default (see :mod:`dlmbench_elf.pretrain`).
+                      embedded CPU default, an offline analogue of the paper's "contextual
+                      T5 trained from scratch" (a T5-small trained on OWT), not that
+                      ablation itself (see :mod:`dlmbench_elf.pretrain`).
 ``random``            a randomly initialised T5, frozen (same architectures as ``scratch``).
 ``token-embeddings``  the T5 input embedding table only, frozen, no contextualisation
                       (pretrained if named; otherwise N(0, 1) rows: the paper's
