@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.released import ReleasedWeights
@@ -38,6 +38,9 @@ class ModelConfig(BaseModel):
     warmup_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.0
+    ema_warmup: bool = Field(True, description=(
+        "warm the decay up as min(decay, (1+n)/(10+n)), MDLM/Duo's rule; "
+        "False: the fixed decay from the first update, ELF's"))
 
     @classmethod
     def from_preset(cls, preset: str | None = None, **overrides: Any) -> "ModelConfig":

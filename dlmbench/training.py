@@ -91,7 +91,11 @@ def compile_network(model: Model, **options) -> list[str]:
 
 
 def build_optimizer(model: Model) -> torch.optim.Optimizer:
-    """AdamW by default; ``muon`` puts 2-D hidden weights on Muon (ELF paper, Table 4 and appendix C.5)."""
+    """AdamW by default; ``muon`` puts 2-D weights on ``torch.optim.Muon`` and the rest on AdamW;
+    ``muon-optax`` is ``optax.contrib.muon`` as ELF's reference trains with it
+    (:class:`dlmbench.muon.MuonOptax`: 2-D weights on Muon, the rest on Nesterov-Adam with
+    ``betas``; ``weight_decay`` on the matrices only, as optax's default).
+    """
     cfg = model.config
     params = model.trainable_parameters()
     if cfg.optimizer == "adamw":
@@ -109,9 +113,14 @@ def build_optimizer(model: Model) -> torch.optim.Optimizer:
                 torch.optim.AdamW(others, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay),
             ]
         )
+    if cfg.optimizer == "muon-optax":
+        from dlmbench.muon import MuonOptax, param_groups
+
+        return MuonOptax(param_groups(model, params), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         adam_betas=cfg.betas)
     from dlmbench.errors import ConfigError
 
-    raise ConfigError(f"optimizer={cfg.optimizer!r} is not 'adamw' or 'muon'")
+    raise ConfigError(f"optimizer={cfg.optimizer!r} is not 'adamw', 'muon' or 'muon-optax'")
 
 
 class _Chained(torch.optim.Optimizer):
@@ -186,7 +195,7 @@ def fit(
         loss_of = torch.nn.parallel.DistributedDataParallel(loss_of, device_ids=ids, find_unused_parameters=True)
     opt = build_optimizer(model)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    ema = EMA(model.trainable_parameters(), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = EMA(model.trainable_parameters(), cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
     model.on_fit_start(steps)
     model.train()
     report = TrainReport(steps=steps, tokens=batch_size * train.shape[1] * steps, prepared=prepared)

@@ -26,6 +26,8 @@ dlmbench run --models elf,mdlm,duo,ar --steps 32,1024 --no-progress
 dlmbench leaderboard runs/default -o leaderboard/default.md --plot leaderboard/default.png \
     --command "dlmbench run --models elf,mdlm,duo,ar --steps 32,1024"
 keep default
+# Its sensitivity audit: each sampling factor changed alone at 32 steps, reusing its models.
+dlmbench audit runs/default --factors sample-batch,threads,world --steps 32 -o leaderboard/default-audit.md
 
 # Conditional tasks on the grammar (exact references): translation and summarization.
 board grammar-translate dlmbench run --models elf,mdlm,duo,ar --task grammar-translate --steps 32,256

@@ -27,7 +27,8 @@ def produced_by(table: str) -> str:
     return "\n".join(lines[start + 1: lines.index("```", start + 1)])
 
 
-TABLES = sorted(p.stem for p in BOARD.glob("*.md") if p.name != "README.md")
+# leaderboards rendered from records (an audit table is written by `dlmbench audit` from its own re-runs)
+TABLES = sorted(p.stem for p in BOARD.glob("*.md") if p.name != "README.md" and not p.stem.endswith("-audit"))
 
 
 def test_every_committed_table_has_its_records():
