@@ -39,6 +39,7 @@ from tabulate import tabulate
 
 from dlmbench.config import RunConfig
 from dlmbench.errors import ConfigError
+from dlmbench.leaderboard import produced_by
 from dlmbench.records import CellRecord
 from dlmbench.results import ResultStore
 
@@ -84,7 +85,7 @@ FACTORS: dict[str, Factor] = {f.name: f for f in (
     Factor("source-truncation", True, lambda c: "source_fraction x 0.75 (trains on the shorter sources)",
            _source_truncation),
 )}
-DEFAULT_FACTORS = ("sample-batch", "threads", "world")
+DEFAULT_FACTORS = tuple(name for name, f in FACTORS.items() if not f.retrains)  # they reuse the run's models
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def render(run_dir: Path, settings: dict[str, str], found: list[Effect], skipped
            command: str | None = None) -> str:
     """The audit as markdown: one table per factor, rows x metrics, each cell the mean
     change and how many of the run's own spreads it is."""
-    out = (["Produced by:", "", "```", command, "```", ""] if command else [])
+    out = produced_by(command) if command else []
     out += [f"# Sensitivity audit of `{run_dir}`", "",
             "Each cell: the factor's mean change of the metric over the re-run cells (after - before), and in "
             "brackets that change in units of the run's own spread of the row (standard deviation over its "

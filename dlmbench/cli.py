@@ -382,14 +382,13 @@ def probe_batch(**opts: Any) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--factors", default="sample-batch,threads,world", show_default=True,
-              help="Factors to change one at a time: sample-batch, threads, world (reuse the run's models); "
-                   "precision, source-truncation (train their own).")
+@click.option("--factors", help="Factors to change one at a time: sample-batch, threads, world (reuse the run's "
+                                "models; the default); precision, source-truncation (train their own).")
 @click.option("--steps", help="Re-run only these step budgets (default: all of the run's).")
 @click.option("--seeds", help="Re-run only these sampling seeds.")
 @click.option("--train-seeds", help="Re-run only the models of these training seeds.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the audit table here.")
-def audit(run_dir: str, factors: str, steps: str | None, seeds: str | None, train_seeds: str | None,
+def audit(run_dir: str, factors: str | None, steps: str | None, seeds: str | None, train_seeds: str | None,
           output: str | None) -> None:
     """Re-run cells of a finished run with one factor changed at a time, and tabulate each
     factor's effect on every metric against the run's own seed spread. Run it from the
@@ -398,13 +397,14 @@ def audit(run_dir: str, factors: str, steps: str | None, seeds: str | None, trai
     from pathlib import Path
 
     from dlmbench.atomic import write_text_atomic
-    from dlmbench.audit import audit as run_audit
+    from dlmbench.audit import DEFAULT_FACTORS, audit as run_audit
 
     chosen = {key: _csv(value, key.replace("_", "-"), int) if value else None
               for key, value in (("steps", steps), ("seeds", seeds), ("train_seeds", train_seeds))}
-    command = " ".join(["dlmbench audit", run_dir, "--factors", factors] + [
+    names = _csv(factors, "factors") if factors else list(DEFAULT_FACTORS)
+    command = " ".join(["dlmbench audit", run_dir, "--factors", ",".join(names)] + [
         f"--{k.replace('_', '-')} {','.join(map(str, v))}" for k, v in chosen.items() if v])
-    text = run_audit(run_dir, _registry(), _csv(factors, "factors"), chosen, echo=click.echo, command=command)
+    text = run_audit(run_dir, _registry(), names, chosen, echo=click.echo, command=command)
     target = Path(run_dir) / "audit" / "audit.md"
     write_text_atomic(target, text)
     if output:

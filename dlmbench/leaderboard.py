@@ -86,7 +86,7 @@ def _groups(cells: list[CellRecord]) -> dict[tuple[str, str, str], list[CellReco
 
 
 def _tokenizer_count(group: list[CellRecord]) -> int:
-    return len({json.dumps(c.tokenizer.model_dump() if c.tokenizer else None) for c in group})
+    return len({c.tokenizer for c in group})  # requests are frozen, so hashable; None: the task's own
 
 
 def _metric_names(cells: list[CellRecord]) -> list[str]:
@@ -290,7 +290,8 @@ def _rows(cells) -> dict[str, dict[int, list[CellRecord]]]:
     return out
 
 
-def _produced_by(command: str) -> list[str]:
+def produced_by(command: str) -> list[str]:
+    """The lines stating the command that made a table (the audit's too)."""
     return ["Produced by:", "", "```", command, "```", ""]
 
 
@@ -306,7 +307,7 @@ def render_markdown(cells: list[CellRecord], models: list[ModelRecord] | None = 
     models = models or []
     out: list[str] = []
     if command and command_budget is None:
-        out += _produced_by(command)
+        out += produced_by(command)
     ok = [c for c in cells if c.ok]
     failed = [c for c in cells if not c.ok]
     groups = _groups(ok)
@@ -317,7 +318,7 @@ def render_markdown(cells: list[CellRecord], models: list[ModelRecord] | None = 
         data = f", data `{fingerprint}`" if len(fingerprints[(task, bhash)]) > 1 else ""
         out += [f"## Task `{task}` (budget `{bhash}`{data})", ""]
         if command and command_budget == bhash:
-            out += _produced_by(command)
+            out += produced_by(command)
         out += _section(task, bhash, group, models)
     if failed:
         out += ["## Failed cells", ""]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dlmbench.audit import Effect, effects
+from dlmbench.audit import DEFAULT_FACTORS, Effect, effects
 from dlmbench.cli import main
 
 
@@ -70,3 +70,7 @@ def test_an_effect_is_measured_in_the_rows_own_spread():
     [e] = effects("f", original, [cell(0, 0.5), cell(1, 0.9)])  # mean change (+0.1 + 0.3) / 2 = +0.2
     assert isinstance(e, Effect) and e.cells == 2
     assert e.delta == pytest.approx(0.2) and e.in_spreads == pytest.approx(0.2 / 0.1414213562)
+
+
+def test_the_default_factors_are_those_that_reuse_the_runs_models():
+    assert DEFAULT_FACTORS == ("sample-batch", "threads", "world")
