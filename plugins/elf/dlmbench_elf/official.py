@@ -97,41 +97,47 @@ RELEASED: dict[str, dict[str, Any]] = {
     "ELF-B-owt": {
         "hub": "embedded-language-flows/ELF-B-owt-torch", "preset": "B", "task": "openwebtext",
         "seq_len": 1024, "prefix_len": 0, "distilled": False, "epochs": 5,
-        "tokens": "about 45.2B T5 tokens", "config": _OWT.format("B"),
+        "trained_on": "about 45.2B T5 tokens of OpenWebText (5 epochs)", "config": _OWT.format("B"),
         "sampler": {"name": "sde", "steps": 32, "gamma": 1.5, "w": 3.0},
         "reported": {"gen_ppl": 24.1, "entropy": 5.15},
     },
     "ELF-M-owt": {
         "hub": "embedded-language-flows/ELF-M-owt-torch", "preset": "M", "task": "openwebtext",
         "seq_len": 1024, "prefix_len": 0, "distilled": False, "epochs": 4,
-        "tokens": "about 36.2B T5 tokens (4 of ELF-B's 5 epochs)", "config": _OWT.format("M"),
+        "trained_on": "OpenWebText, 4 epochs (about 36.2B T5 tokens at ELF-B's 9.04B per epoch)",
+        "config": _OWT.format("M"),
         "sampler": {"name": "sde", "steps": 64, "gamma": 1.0, "w": 3.0},
         "reported": {"gen_ppl": 21.7, "entropy": 5.18},
     },
     "ELF-L-owt": {
         "hub": "embedded-language-flows/ELF-L-owt-torch", "preset": "L", "task": "openwebtext",
         "seq_len": 1024, "prefix_len": 0, "distilled": False, "epochs": 3,
-        "tokens": "about 27.1B T5 tokens (3 of ELF-B's 5 epochs)", "config": _OWT.format("L"),
+        "trained_on": "OpenWebText, 3 epochs (about 27.1B T5 tokens at ELF-B's 9.04B per epoch)",
+        "config": _OWT.format("L"),
         "sampler": {"name": "sde", "steps": 64, "gamma": 1.0, "w": 3.0},
         "reported": {"gen_ppl": 23.3, "entropy": 5.28},
     },
     "ELF-B-de-en": {
         "hub": "embedded-language-flows/ELF-B-de-en-torch", "preset": "B", "task": "wmt14-de-en",
-        "seq_len": 128, "prefix_len": 64, "distilled": False, "epochs": 100, "tokens": None,
+        "seq_len": 128, "prefix_len": 64, "distilled": False, "epochs": 100,
+        "trained_on": "WMT14 De-En (the config's 100 epochs at 128 tokens)",
         "config": "train_de-en_ELF-B.yml",
         "sampler": {"name": "ode", "steps": 64, "w": 1.0, "cfg_scale": 2.0},
         "reported": {"bleu": 26.4},
     },
     "ELF-B-xsum": {
         "hub": "embedded-language-flows/ELF-B-xsum-torch", "preset": "B", "task": "xsum",
-        "seq_len": 1088, "prefix_len": 1024, "distilled": False, "epochs": 100, "tokens": None,
+        "seq_len": 1088, "prefix_len": 1024, "distilled": False, "epochs": 100,
+        "trained_on": "XSum (the config's 100 epochs at 1,088 tokens)",
         "config": "train_xsum_ELF-B.yml",
         "sampler": {"name": "ode", "steps": 64, "w": 1.0, "cfg_scale": 2.0},
         "reported": {"rouge1": 36.0, "rouge2": 12.2, "rougeL": 27.8},
     },
     "ELF-B-PD-owt": {
         "hub": "embedded-language-flows/ELF-B-PD-owt-torch", "preset": "B", "task": "openwebtext",
-        "seq_len": 1024, "prefix_len": 0, "distilled": True, "epochs": 5, "tokens": None,
+        "seq_len": 1024, "prefix_len": 0, "distilled": True, "epochs": 5,
+        "trained_on": "ELF-B-owt distilled: 5 progressive-distillation rounds (16, 8, 4, 2, 1 steps) of one "
+                      "OpenWebText epoch each",
         "config": "distill_curriculum_ELF-B.yml", "code": "346f00b (branch distillation)",
         # 1-8 steps: gamma 1.5, w 2.5; 16 and 32 steps: gamma 2, w 2
         "sampler": {"name": "sde", "steps": 8, "gamma": 1.5, "w": 2.5},
@@ -140,18 +146,9 @@ RELEASED: dict[str, dict[str, Any]] = {
 }
 _BY_HUB = {v["hub"]: k for k, v in RELEASED.items()}
 _PAPER = "Hu et al. 2026 (arXiv 2605.10938); lillian039/ELF@{} README and src/configs/training_configs/{}"
-_TRAINED_ON = {
-    "ELF-B-owt": "about 45.2B T5 tokens of OpenWebText (5 epochs)",
-    "ELF-M-owt": "OpenWebText, 4 epochs (about 36.2B T5 tokens at ELF-B's 9.04B per epoch)",
-    "ELF-L-owt": "OpenWebText, 3 epochs (about 27.1B T5 tokens at ELF-B's 9.04B per epoch)",
-    "ELF-B-de-en": "WMT14 De-En (the config's 100 epochs at 128 tokens)",
-    "ELF-B-xsum": "XSum (the config's 100 epochs at 1,088 tokens)",
-    "ELF-B-PD-owt": "ELF-B-owt distilled: 5 progressive-distillation rounds (16, 8, 4, 2, 1 steps) of one "
-                    "OpenWebText epoch each",
-}
 #: :data:`RELEASED` as :class:`dlmbench.released.ReleasedWeights`, for ``ELF.released_weights``.
 RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {
-    name: ReleasedWeights(hub=info["hub"], trained_on=_TRAINED_ON[name], distilled=info["distilled"],
+    name: ReleasedWeights(hub=info["hub"], trained_on=info["trained_on"], distilled=info["distilled"],
                           reference=_PAPER.format(info.get("code", "b29d883"), info["config"]))
     for name, info in RELEASED.items()
 }
