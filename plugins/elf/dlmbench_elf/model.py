@@ -93,7 +93,7 @@ class Prediction(NamedTuple):
 class ELF(Model):
     name: ClassVar[str] = "elf"
     Config: ClassVar[type[ModelConfig]] = ELFConfig
-    default_sampler: ClassVar[str] = "sde"  # unconditional reference: SDE, gamma 1.5, w 3
+    default_sampler: ClassVar[str] = "sde"  # unconditional reference: SDE, w 3, gamma by steps
     default_conditional_sampler: ClassVar[str] = "ode"  # De-En / XSum reference: ODE, w 1, CFG 2
     released_weights: ClassVar[dict[str, ReleasedWeights]] = RELEASED_WEIGHTS
 

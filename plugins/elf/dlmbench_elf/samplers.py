@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from dlmbench.data import DataSpec, SampleRequest
@@ -72,11 +72,34 @@ class ELFSamplerConfig(SamplerConfig):
     grid_std: float | None = Field(None, gt=0)  # None: the model's training t_std
 
 
+#: The churn the reference uses at each step count, for ``gamma: by-steps``: 1.5 at 32 and
+#: 1.0 at 64 steps (lillian039/ELF@b29d883 ``src/configs/sampling_configs/
+#: uncond_sampling_configs.yml``), 2 at 8 and 16 (paper Fig. 7 and Tab. 6). Between and
+#: beyond these the nearest setting at or above the count holds, so 1,024 steps use 1.0.
+GAMMA_BY_STEPS: dict[int, float] = {16: 2.0, 32: 1.5, 64: 1.0}
+
+
+def gamma_for(steps: int) -> float:
+    """The reference's SDE gamma for ``steps`` (:data:`GAMMA_BY_STEPS`)."""
+    for upto, gamma in sorted(GAMMA_BY_STEPS.items()):
+        if steps <= upto:
+            return gamma
+    return GAMMA_BY_STEPS[max(GAMMA_BY_STEPS)]
+
+
 class SDEConfig(ELFSamplerConfig):
     """Reference OWT setting (paper Tab. 6; ``uncond_sampling_configs.yml`` of
-    ``src/configs/sampling_configs``): SDE, gamma 1.5, w 3 (32 steps)."""
+    ``src/configs/sampling_configs``): SDE, w 3, gamma by step count (:func:`gamma_for`);
+    a number fixes gamma at every step count."""
 
-    gamma: float = Field(1.5, ge=0, le=100)
+    gamma: float | Literal["by-steps"] = Field("by-steps", union_mode="left_to_right")
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_range(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0 <= v <= 100:
+            raise ValueError(f"gamma = {v}: use a number in [0, 100] or by-steps")
+        return v
 
 
 class ODEConfig(ELFSamplerConfig):
@@ -91,7 +114,7 @@ class _ELFSampler(Sampler):
     model: ClassVar[str] = "elf"
     config: ELFSamplerConfig
 
-    def gamma(self) -> float:
+    def gamma(self, steps: int) -> float:
         return 0.0
 
     def max_nfe(self, steps: int, spec: DataSpec | None = None) -> int:
@@ -141,7 +164,7 @@ class _ELFSampler(Sampler):
         use_cfg = P > 0 and self.config.cfg_scale != 1.0
         w = torch.full((B,), float(self.config.w), device=dev)
         grid = self.grid(model, N, g).tolist()
-        gamma, s_n = self.gamma(), model.path.noise_scale
+        gamma, s_n = self.gamma(N), model.path.noise_scale
 
         z = torch.where(src_mask, src, s_n * _normal((B, L, D), g, dev, torch.float32))
         sc = src.clone()  # self-conditioning state: zeros on the target, clean source
@@ -170,8 +193,9 @@ class SDESampler(_ELFSampler):
     Config: ClassVar[type[SamplerConfig]] = SDEConfig
     config: SDEConfig
 
-    def gamma(self) -> float:
-        return float(self.config.gamma)
+    def gamma(self, steps: int) -> float:
+        g = self.config.gamma
+        return gamma_for(steps) if g == "by-steps" else float(g)
 
 
 class ODESampler(_ELFSampler):

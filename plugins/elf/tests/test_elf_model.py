@@ -272,7 +272,7 @@ def test_loss_variants_are_finite_and_backpropagate():
 
 
 def test_default_sampler_follows_the_reference_per_task_kind():
-    """SDE (gamma 1.5, w 3) unconditional; ODE (w 1, input CFG 2) on conditional tasks."""
+    """SDE (gamma by step count, w 3) unconditional; ODE (w 1, input CFG 2) on conditional tasks."""
     from dlmbench.config import ModelEntry
     from dlmbench.plugins import build_registry, get_plugin_manager
     from dlmbench.build import build_sampler
@@ -280,7 +280,7 @@ def test_default_sampler_follows_the_reference_per_task_kind():
     registry = build_registry(get_plugin_manager())
     uncond = build_sampler(ModelEntry(name="elf"), registry, conditional=False)
     cond = build_sampler(ModelEntry(name="elf"), registry, conditional=True)
-    assert (uncond.name, uncond.config.gamma, uncond.config.w) == ("sde", 1.5, 3.0)
+    assert (uncond.name, uncond.config.gamma, uncond.config.w) == ("sde", "by-steps", 3.0)
     assert (cond.name, cond.config.w, cond.config.cfg_scale) == ("ode", 1.0, 2.0)
     named = build_sampler(ModelEntry(name="elf", sampler="sde"), registry, conditional=True)
     assert named.name == "sde"  # a named sampler always wins

@@ -9,7 +9,7 @@ from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.nfe import count_nfe
 from dlmbench.training import fit
 from dlmbench_elf import ELF, ELFConfig
-from dlmbench_elf.samplers import ODESampler, SDESampler
+from dlmbench_elf.samplers import ODESampler, SDESampler, gamma_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,6 +98,30 @@ def test_sde_at_gamma_zero_is_the_ode_sampler():
     (ids_a, za), (ids_b, zb) = outs
     assert torch.equal(ids_a, ids_b)
     assert len(za) == len(zb) == 7 and all(torch.equal(x, y) for x, y in zip(za, zb))
+
+
+def test_gamma_by_steps_is_the_released_setting_at_each_step_count():
+    """Released configs: 1.5 at 32 steps, 1.0 at 64 (``uncond_sampling_configs.yml``); 2 at 8
+    and 16 (paper Fig. 7); and the sampler churns with that gamma, not a fixed one."""
+    assert {n: gamma_for(n) for n in (8, 16, 32, 64, 1024)} == {8: 2.0, 16: 2.0, 32: 1.5, 64: 1.0, 1024: 1.0}
+    model = model_for(SPEC).eval()
+    with torch.no_grad():
+        model.denoiser.x_head.weight.normal_(std=0.05)
+
+    def inputs(sampler: SDESampler, steps: int) -> list[torch.Tensor]:
+        calls = []
+        handle = model.denoiser.register_forward_pre_hook(lambda m, a: calls.append(a[0].clone()))
+        sampler.sample(model, SampleRequest(steps=steps, num_samples=2, generator=torch.Generator().manual_seed(3)))
+        handle.remove()
+        return calls
+
+    for steps, fixed in ((8, 2.0), (32, 1.5)):
+        by_steps = inputs(SDESampler(), steps)
+        assert all(torch.equal(a, b) for a, b in zip(by_steps, inputs(SDESampler(SDESampler.Config(gamma=fixed)), steps)))
+        other = inputs(SDESampler(SDESampler.Config(gamma=1.0)), steps)
+        assert not all(torch.equal(a, b) for a, b in zip(by_steps, other))
+    with pytest.raises(ValueError, match="gamma = -1.0"):
+        SDESampler.Config(gamma=-1)
 
 
 @pytest.mark.slow
