@@ -15,6 +15,7 @@ from dlmbench.protocol import DEFAULT, Protocol, get_protocol
 from dlmbench.registry import Registry
 from dlmbench.sampler import Sampler
 from dlmbench.errors import ConfigError
+from dlmbench.hub_needs import check_hub_needs
 from dlmbench.task import TaskData
 from dlmbench.tokenizer import TokenizerRequest
 
@@ -55,7 +56,10 @@ class TaskViews:
     request, each loaded once; ``default`` is the task through its own tokenizer (the
     metrics are built on it, and its held-out row is every table's first)."""
 
-    def __init__(self, config: RunConfig, registry: Registry, context: RunContext):
+    def __init__(self, config: RunConfig, registry: Registry, context: RunContext, weights: bool = True):
+        """Offline, first lists every hub repository the run needs that the cache lacks
+        (``weights``: the models' weights among them; rescoring stored samples needs none)."""
+        check_hub_needs(config, registry, context, weights)
         self.config, self.registry, self.context = config, registry, context
         self.default = build_task(config, registry, context)
         self.views: dict[TokenizerRequest, TaskData] = {TokenizerRequest(): self.default}

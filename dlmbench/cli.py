@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -228,6 +229,11 @@ class PresetHelpCommand(click.Command):
 @click.option("--retrain", is_flag=True, help="Train every model again, replacing its cached checkpoint.")
 @click.option("--leaderboard/--no-leaderboard", default=True,
               help="Keep OUT/leaderboard.md current: rewritten after every finished cell.")
+@click.option("--smoke", is_flag=True,
+              help="Prove a paper config runs: its models at true size and length on local stand-ins (grammar "
+                   "text, tokenizers of the reference sizes, a random T5-small, GPT-2 Large at 2 layers), 2 "
+                   "training steps and one 2-step cell per model, into runs/NAME-smoke; prints time and peak "
+                   "memory per phase.")
 def run(**opts: Any) -> None:
     """Train (or reuse) every model under one budget and evaluate every cell.
 
@@ -250,6 +256,13 @@ def run(**opts: Any) -> None:
     registry = _registry()
     for entry in config.models:
         registry.model(entry.name)  # unknown names fail before any work, with a did-you-mean
+    echo: Any = click.echo
+    if opts["smoke"]:
+        from dlmbench.smoke import PhaseClock, smoke_config
+
+        echo = PhaseClock(click.echo)
+        config = smoke_config(config, Path(config.cache) / "smoke")
+        echo(f"smoke: stand-ins and data ready; {config.name} at seq_len {config.budget.seq_len}")
     context = run_context(config, join_world=True)
     board = config.out_dir / "leaderboard.md"
     command = "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -260,13 +273,15 @@ def run(**opts: Any) -> None:
         mine = config.budget_hash() if budgets - {config.budget_hash()} else None  # the command made only its own
         write_text_atomic(board, render_markdown(cells, models, command=command, command_budget=mine))
 
-    runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=click.echo,
+    runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=echo,
                     progress=not opts["no_progress"], on_cell=write_board if opts["leaderboard"] else None,
-                    retrain=opts["retrain"])
+                    retrain=opts["retrain"] or opts["smoke"])  # a smoke run always trains
     records = runner.run()
     if not context.world.is_main:
         return
     click.echo(summary_table(records))
+    if opts["smoke"]:
+        click.echo(echo.summary())
     if opts["leaderboard"]:
         write_board()
         click.echo(f"results: {config.out_dir}/cells, leaderboard: {board}")
@@ -522,6 +537,10 @@ def validate_config(**opts: Any) -> None:
         build_model_config(entry, config.preset, registry)
         build_sampler(entry, registry, task_cls.conditional)
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+    from dlmbench.hub_needs import hub_needs
+
+    for need in hub_needs(config, registry):  # what to fetch before going offline (stderr: stdout stays JSON)
+        click.echo(f"needs {need.repo} ({need.what}): {'cached' if need.cached() else need.fetch()}", err=True)
     click.echo("config is valid", err=True)
 
 

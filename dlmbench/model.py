@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.hub_needs import HubNeed
 from dlmbench.released import ReleasedWeights
 from dlmbench.tokenizer import TokenizerRequest
 
@@ -97,6 +98,14 @@ class Model(torch.nn.Module):
         pretrained T5 encoder asks for that T5's tokenizer and no mask; a model entry's
         ``tokenizer`` overrides the name."""
         return TokenizerRequest()
+
+    @classmethod
+    def hub_needs(cls, config: ModelConfig) -> list[HubNeed]:
+        """Hugging Face repositories this config loads besides its tokenizer and
+        ``weights`` (which the core knows), so an offline run lists every missing one
+        before any work (:mod:`dlmbench.hub_needs`); ELF names its pretrained T5.
+        Default: none."""
+        return []
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

@@ -73,7 +73,7 @@ def rescore(run_dir: str | Path, entries: list[MetricEntry] | None, registry: Re
         raise ConfigError(f"{run_dir}: no valid run.json; is it a `dlmbench run` results directory?")
     store.migrate()
     config = RunConfig.model_validate(run.config)
-    views = TaskViews(config, registry, context)
+    views = TaskViews(config, registry, context, weights=False)  # stored samples: no weights read
     if entries is None:
         entries = metric_entries(config, registry)
     metrics = build_metrics(entries, registry, views.default, config.budget.evaluator, context,

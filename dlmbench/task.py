@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dlmbench.context import RunContext
 from dlmbench.data import DataSpec
+from dlmbench.hub_needs import HubNeed
 from dlmbench.tokenizer import TextTokenizer, TokenizerRequest
 
 BYTES_ROWS = 10_000  # training rows bytes_per_position() measures
@@ -117,6 +118,12 @@ class Task(Generic[ConfigT]):
     def __init__(self, config: ConfigT | None = None, argument: str | None = None):
         self.config = config if config is not None else cast(ConfigT, self.Config())
         self.argument = argument
+
+    def hub_needs(self) -> list[HubNeed]:
+        """The Hugging Face repositories ``load`` reads under this config (its dataset and
+        tokenizer), so an offline run can list every missing one before any work
+        (:mod:`dlmbench.hub_needs`). Default: none."""
+        return []
 
     def load(self, seq_len: int, num_eval: int, seed: int, context: RunContext | None = None,
              tokenizer: TokenizerRequest | None = None) -> TaskData:

@@ -25,7 +25,7 @@ both sides EOS-padded, as in ELF (Hu et al. 2026, arXiv 2605.10938 section 4).
 
 Tokenizers (:mod:`dlmbench.tasks.tokenizers`): ``tokenizer`` is a hub id or a local
 directory for ``transformers.AutoTokenizer`` (``gpt2`` for OWT as MDLM/Duo,
-``google-t5/t5-small`` for WMT14/XSum as ELF), or ``bpe`` to train dlmbench's byte-level
+``t5-small`` for WMT14/XSum as ELF, the id its encoder loads), or ``bpe`` to train dlmbench's byte-level
 BPE on the training split (``vocab_size``).
 
 Offline (``context.offline``), a hub dataset or tokenizer that is not in the local
@@ -45,6 +45,7 @@ from pydantic import Field
 import dlmbench
 from dlmbench.context import RunContext
 from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench.hub_needs import HubNeed, hub_id
 from dlmbench.task import Task, TaskConfig
 from dlmbench.tasks.cache import file_stamps
 from dlmbench.tasks.corpus import BATCH, CorpusConfig, CorpusTask, ParallelCorpusConfig, ParallelCorpusTask
@@ -83,7 +84,7 @@ class OWTConfig(CorpusConfig, HubConfig):
 
 
 class HubPairsConfig(ParallelCorpusConfig, HubConfig):
-    tokenizer: str = "google-t5/t5-small"
+    tokenizer: str = "t5-small"
     train_split: str = "train"
     valid_split: str = "validation"
     eval_split: str = Field("test", description="the split the evaluation prompts come from")
@@ -202,6 +203,15 @@ def _column(batch: dict[str, list[Any]], name: str) -> list[str]:
 
 
 # --- tasks ----------------------------------------------------------------------------------
+def hub_source_needs(task: str, cfg: HubConfig) -> list[HubNeed]:
+    """A hub task's dataset (unless ``data_files`` replace it) and tokenizer."""
+    needs = [] if cfg.data_files is not None else [HubNeed(repo=cfg.dataset, what=f"task {task}: dataset",
+                                                           kind="dataset")]
+    if repo := hub_id(cfg.tokenizer):
+        needs.append(HubNeed(repo=repo, what=f"task {task}: tokenizer"))
+    return needs
+
+
 class OWTTask(CorpusTask[OWTConfig]):
     """OpenWebText, packed as MDLM/Duo do (``train[:-100000]``, last 100k for validation)."""
 
@@ -214,6 +224,9 @@ class OWTTask(CorpusTask[OWTConfig]):
 
     def tokenizer(self) -> TokenizerChoice:
         return TokenizerChoice(self.config.tokenizer, self.config.vocab_size)
+
+    def hub_needs(self) -> list[HubNeed]:
+        return hub_source_needs(self.name, self.config)
 
     def split_name(self) -> str:
         return self.config.split
@@ -230,6 +243,9 @@ class _HubPairsTask(ParallelCorpusTask[HubPairsConfigT]):
 
     def tokenizer(self) -> TokenizerChoice:
         return TokenizerChoice(self.config.tokenizer, self.config.vocab_size)
+
+    def hub_needs(self) -> list[HubNeed]:
+        return hub_source_needs(self.name, self.config)
 
     def split_names(self) -> tuple[str, str, str]:
         return self.config.train_split, self.config.valid_split, self.config.eval_split

@@ -17,7 +17,9 @@ src/train_step.py``):
 Conditional tasks keep the source prefix clean (its latents in both z and the
 self-conditioning channel), take the loss on the target only, and drop the source for 10%
 of rows (input CFG): the source latents are zeroed in x and z and the T5 target queries
-stop attending to it.
+stop attending to it. With ``source_layout: packed`` the rows are first repacked as the
+reference's (:mod:`dlmbench_elf.layout`): the source is each row's own length, the target
+follows it, and the loss covers every position after the source, EOS padding included.
 
 Where paper and code differ this follows the code (it produced the checkpoints):
 - the decode branch corrupts the source positions too (``train_step``: no
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.hub_needs import HubNeed, hub_id
 from dlmbench.model import Model, ModelConfig
 from dlmbench.prefix import target_positions
 from dlmbench.released import ReleasedWeights
@@ -59,6 +62,7 @@ from dlmbench.tokenizer import TokenizerRequest
 from dlmbench_elf.config import ELFConfig
 from dlmbench_elf.denoiser import Denoiser
 from dlmbench_elf.encoder import LatentEncoder
+from dlmbench_elf.layout import pack, scored
 from dlmbench_elf.official import RELEASED_WEIGHTS
 from dlmbench_elf.path import FlowPath, LogitNormal, LogUniformScale, sc_cfg_target
 
@@ -118,6 +122,15 @@ class ELF(Model):
             return TokenizerRequest(name=config.encoder_name, mask=False)
         return TokenizerRequest()
 
+    @classmethod
+    def hub_needs(cls, config: ModelConfig) -> list[HubNeed]:
+        """The T5 its encoder loads by name (its weights, or only its config for ``scratch``
+        and ``random``); released ELF weights hold no encoder, so they need it too."""
+        assert isinstance(config, ELFConfig)
+        if config.encoder == "learned" or not (repo := hub_id(config.encoder_name)):
+            return []
+        return [HubNeed(repo=repo, what=f"model elf: T5 encoder ({config.encoder})")]
+
     def __init__(self, config: ELFConfig, spec: DataSpec):
         super().__init__(config, spec)
         self.encoder = LatentEncoder(config, spec)
@@ -131,6 +144,8 @@ class ELF(Model):
         else:
             self.decode_noise_scale = 1.0 if spec.conditional else 5.0
         self.last_losses: dict[str, Tensor] = {}
+        # the reference's variable-length source (dlmbench_elf.layout); a no-op without a source
+        self.packed = config.source_layout == "packed" and spec.conditional
 
     def prepare(self, train: Tensor, seed: int) -> dict:
         """``encoder="scratch"``: pretrain the T5 encoder on the training rows, then freeze it
@@ -160,10 +175,12 @@ class ELF(Model):
     def device(self) -> torch.device:
         return self.denoiser.in_proj.weight.device
 
-    def encode(self, tokens: Tensor, drop: Tensor | None = None, prefix_len: int | None = None) -> Tensor:
-        """Normalised latents ``(B, L, D)`` in float32 (no grad unless the encoder trains)."""
+    def encode(self, tokens: Tensor, drop: Tensor | None = None, prefix_len: int | None = None,
+               lengths: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Normalised latents ``(B, L, D)`` in float32 (no grad unless the encoder trains);
+        ``lengths = (source_len, valid_len)`` for packed rows (:mod:`dlmbench_elf.layout`)."""
         p = self.spec.prefix_len if prefix_len is None else prefix_len
-        return self.encoder(tokens, p, drop)
+        return self.encoder(tokens, p, drop, lengths)
 
     def predict(self, z: Tensor, sc: Tensor, t: Tensor, w: Tensor, mode: Tensor | None = None) -> Prediction:
         """One network evaluation, returned as both x- and v-prediction (float32)."""
@@ -184,12 +201,19 @@ class ELF(Model):
         B, L = tokens.shape
         P = self.spec.prefix_len
         dev = tokens.device
-        src = (torch.arange(L, device=dev) < P).view(1, L, 1)  # clean-source positions
-        mask = target_positions(self.spec, batch).scored.float()  # loss on the target only
+        lengths = None
+        if self.packed:  # the reference's rows: per-row source length, loss from it on
+            rows = pack(tokens, P, self.spec.eos_id)
+            tokens, lengths = rows.tokens, (rows.source_len, rows.valid_len)
+            src = rows.source.unsqueeze(-1)  # (B, L, 1)
+            mask = scored(rows, target_positions(self.spec, batch).scored, P).float()
+        else:
+            src = (torch.arange(L, device=dev) < P).view(1, L, 1)  # clean-source positions
+            mask = target_positions(self.spec, batch).scored.float()  # loss on the target only
 
         # 1. latents (one encoder call per batch), label dropping for input CFG
         drop = (torch.rand(B, device=dev) < cfg.label_drop_prob) if P > 0 else None
-        x = self.encode(tokens, drop)
+        x = self.encode(tokens, drop, lengths=lengths)
         if drop is not None:
             x = x.masked_fill(drop.view(B, 1, 1) & src, 0.0)
 
@@ -208,7 +232,8 @@ class ELF(Model):
             idx = use_sc.nonzero().squeeze(1)
             with torch.no_grad():
                 zi, ti, wi, xi = z[idx].detach(), t[idx], w[idx], x[idx].detach()
-                x_u = torch.where(src, xi, self.predict(zi, sc[idx], ti, wi).x)
+                si = src if src.shape[0] == 1 else src[idx]
+                x_u = torch.where(si, xi, self.predict(zi, sc[idx], ti, wi).x)
                 v_u = self.path.velocity(x_u, zi, ti)
                 v_c = self.predict(zi, x_u, ti, wi).v
             v_tgt = v_tgt.index_copy(0, idx, sc_cfg_target(v_tgt[idx], v_c, v_u, wi))

@@ -1,0 +1,70 @@
+"""``dlmbench run --smoke``: the paper configs build, train, sample and score offline at
+their true model sizes (slow: all three at their true lengths; default: OWT at 64 tokens)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlmbench.config import build_run_config
+from dlmbench.errors import ConfigError
+from dlmbench.results import load_records
+from dlmbench.smoke import smoke_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(config: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dlmbench", "run", "--config", str(ROOT / "configs" / config),
+                           "--smoke", "--no-progress", "--out", str(tmp_path / "runs" / "x"),
+                           "--cache", str(tmp_path / "cache"), *extra],
+                          capture_output=True, text=True, env=env, timeout=3000)
+
+
+def check(out: subprocess.CompletedProcess, tmp_path: Path, name: str, models: set[str], seq_len: int,
+          paper_size: bool = True) -> None:
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cells, records = load_records([tmp_path / "runs" / f"{name}-smoke"])
+    trained = [c for c in cells if c.model != "data"]
+    assert {c.model for c in trained} == models and all(c.ok and c.steps == 2 for c in trained)
+    assert all(c.budget.seq_len == seq_len for c in cells)
+    assert {m.model: m.train_steps for m in records} == dict.fromkeys(models, 2)
+    sizes = {m.model: m.parameters for m in records}
+    if paper_size:  # ELF-B (its denoiser and decode head; the frozen T5 is not counted) and DiT-small
+        assert sizes["elf"] > 100e6 and sizes["mdlm"] > 150e6, sizes
+    assert "phase (ends with this line)" in out.stdout and "peak RSS GiB" in out.stdout
+
+
+def test_reduced_owt_smoke_runs_the_same_path_with_the_same_stand_ins(tmp_path):
+    """The default suite's smoke: owt-small's stand-ins (T5's and GPT-2's vocabularies, the
+    random T5-small, GPT-2 Large at 2 layers) at 64 tokens, with ELF's denoiser and MDLM
+    cut to 2 layers (ELF-B's Muon step alone takes about 20 s on one CPU thread)."""
+    models = ("models=[{name: elf, options: {depth: 2, hidden: 64, heads: 2}}, "
+              "{name: mdlm, preset: tiny}]")
+    out = smoke("owt-small.yaml", tmp_path, "--set", models, "--set", "budget.seq_len=64")
+    check(out, tmp_path, "owt-small", {"elf", "mdlm"}, 64, paper_size=False)
+    assert "elf read it through" in out.stdout and "t5-small: vocab 32100" in out.stdout  # T5's size
+    assert "vocab 50258" in out.stdout  # GPT-2's 50,257 + the appended mask
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, name, models, seq_len", [
+    ("owt-small.yaml", "owt-small", {"elf", "mdlm", "duo", "ar"}, 1024),
+    ("wmt14-de-en.yaml", "wmt14-de-en", {"elf", "mdlm", "duo"}, 128),
+    ("xsum.yaml", "xsum", {"elf", "mdlm", "duo"}, 1088),
+])
+def test_paper_config_smoke_at_true_size(tmp_path, config, name, models, seq_len):
+    check(smoke(config, tmp_path), tmp_path, name, models, seq_len)
+
+
+def test_smoke_refuses_released_weights_and_unknown_tasks(tmp_path):
+    released = build_run_config(file=ROOT / "configs" / "owt-released.yaml")
+    with pytest.raises(ConfigError, match="--smoke trains every model from scratch; model 'elf' names weights"):
+        smoke_config(released, tmp_path)
+    with pytest.raises(ConfigError, match="task 'grammar' is not a paper-scale hub task"):
+        smoke_config(build_run_config(overrides={"models": ["mdlm"]}), tmp_path)
