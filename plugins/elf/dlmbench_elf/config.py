@@ -117,6 +117,12 @@ class ELFConfig(ModelConfig):
     sc_scale_min: float = Field(0.5, gt=0)  # (1 + w) ~ LogUniform[1 + min, 1 + max]
     sc_scale_max: float = Field(5.0, gt=0, le=100)
     label_drop_prob: float = Field(0.1, ge=0, lt=1)  # conditional tasks only
+    # conditional row layout (dlmbench_elf.layout): "fixed" reads dlmbench's rows as stored,
+    # source = the first prefix_len positions; "packed" repacks each row as the reference's
+    # collate_fn does (lillian039/ELF@b29d883 src/utils/data_utils.py): the source at its true
+    # length, the target right after it, T5 keys past the valid length masked, loss on
+    # everything after the source, and sampled ids shifted back into the fixed layout
+    source_layout: Literal["fixed", "packed"] = "fixed"
 
     # decode branch (paper App. B.1, Alg. 4)
     decode_prob: float = Field(0.2, ge=0, le=1)

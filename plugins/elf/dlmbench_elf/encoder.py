@@ -31,7 +31,9 @@ Masks (``build_self_attn_cond_masks`` in ``src/utils/encoder_utils.py``, and
 (so the source latents never see the target and can be recomputed from the source alone
 at sampling time); target queries see every valid key; for label-dropped rows target
 queries do not see the source either. Pads (``spec.pad_id``) are masked as keys, as in
-the reference's ``pad_token == "pad"`` configs.
+the reference's ``pad_token == "pad"`` configs. With ``source_layout: packed`` the source
+ends at its true length and keys past the row's valid length are masked instead, as the
+reference's conditional rows are (:mod:`dlmbench_elf.layout`).
 
 Normaliser. The 0.2 of the reference is the measured std of *pretrained* T5-small
 latents. A randomly initialised T5 ends in an RMSNorm with unit weight, so its latents
@@ -58,6 +60,7 @@ from dlmbench.environment import hub_offline
 from dlmbench.errors import ConfigError, HubUnavailableError
 from dlmbench.safe_weights import from_pretrained_safetensors
 from dlmbench_elf.config import ELFConfig
+from dlmbench_elf.layout import encoder_allowed
 from dlmbench_elf.pretrain import pretrain_encoder
 
 ENCODER_MODES = ("frozen", "joint", "scratch", "random", "token-embeddings", "learned")
@@ -215,28 +218,45 @@ class LatentEncoder(nn.Module):
                 # label-dropped rows: target queries do not see the source
                 block = (~src[:, None] & src[None, :])[None] & drop[:, None, None]
                 allowed = allowed & ~block
+        return self._additive(allowed)
+
+    def packed_attention_mask(self, tokens: Tensor, lengths: tuple[Tensor, Tensor],
+                              drop: Tensor | None) -> Tensor | None:
+        """The mask of packed rows (:func:`dlmbench_elf.layout.encoder_allowed`): ``lengths``
+        is ``(source_len, valid_len)``; keys past ``valid_len`` are masked, not pads by id."""
+        source_len, valid_len = lengths
+        return self._additive(encoder_allowed(source_len, valid_len, tokens.shape[1], drop))
+
+    def _additive(self, allowed: Tensor) -> Tensor | None:
+        """Bool ``(B, L, L)`` -> additive ``(B, 1, L, L)`` in the T5's dtype; None if all allowed."""
         if bool(allowed.all()):
             return None
         dtype = next(self.t5.parameters()).dtype if self.t5 is not None else torch.float32
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=tokens.device)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     # latents ----------------------------------------------------------------------------
-    def raw(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None) -> Tensor:
-        """Un-normalised encoder output ``(B, L, D)``."""
+    def raw(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None,
+            lengths: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Un-normalised encoder output ``(B, L, D)``; ``lengths`` (``(source_len, valid_len)``)
+        marks packed rows (:mod:`dlmbench_elf.layout`), which ignore ``prefix_len``."""
         if self.mode == "learned":
             return self.unembedding()[tokens]
         if self.embed is not None:
             return self.embed(tokens)
-        mask = self.attention_mask(tokens, prefix_len, drop)
+        if lengths is None:
+            mask = self.attention_mask(tokens, prefix_len, drop)
+        else:
+            mask = self.packed_attention_mask(tokens, lengths, drop)
         return self.t5(input_ids=tokens, attention_mask=mask).last_hidden_state
 
-    def forward(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, prefix_len: int = 0, drop: Tensor | None = None,
+                lengths: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if self.frozen:
             with torch.no_grad():
-                h = self.raw(tokens, prefix_len, drop)
+                h = self.raw(tokens, prefix_len, drop, lengths)
         else:
-            h = self.raw(tokens, prefix_len, drop)
+            h = self.raw(tokens, prefix_len, drop, lengths)
         return ((h.float() - self.latent_mean) / self.latent_scale)
 
     def unembedding(self) -> Tensor | None:

@@ -90,9 +90,10 @@ _OWT = "train_owt_ELF-{}.yml"
 #: the configs (ELF-M 4 and ELF-L 3 of ELF-B's 5 OWT epochs). ``sampler``: the setting the
 #: reported numbers use (``src/configs/sampling_configs/*.yml``; the PD branch's
 #: ``uncond_fewstep_sampling_configs.yml``). ``seq_len`` / ``prefix_len``: the configs'
-#: ``max_length`` / ``max_input_length``; the conditional models were trained on packed
-#: ``[source | target | EOS padding]`` rows with a variable source length, which a fixed
-#: dlmbench prefix only approximates (a source shorter than ``prefix_len`` is padded).
+#: ``max_length`` / ``max_input_length``. ``options``: ELFConfig fields the weights need,
+#: under any given to :func:`load_official`: the conditional models were trained on packed
+#: ``[source | target | EOS padding]`` rows with a variable source length, so they read
+#: dlmbench's fixed rows through ``source_layout: packed`` (:mod:`dlmbench_elf.layout`).
 RELEASED: dict[str, dict[str, Any]] = {
     "ELF-B-owt": {
         "hub": "embedded-language-flows/ELF-B-owt-torch", "preset": "B", "task": "openwebtext",
@@ -121,7 +122,7 @@ RELEASED: dict[str, dict[str, Any]] = {
         "hub": "embedded-language-flows/ELF-B-de-en-torch", "preset": "B", "task": "wmt14-de-en",
         "seq_len": 128, "prefix_len": 64, "distilled": False, "epochs": 100,
         "trained_on": "WMT14 De-En (the config's 100 epochs at 128 tokens)",
-        "config": "train_de-en_ELF-B.yml",
+        "config": "train_de-en_ELF-B.yml", "options": {"source_layout": "packed"},
         "sampler": {"name": "ode", "steps": 64, "w": 1.0, "cfg_scale": 2.0},
         "reported": {"bleu": 26.4},
     },
@@ -129,7 +130,7 @@ RELEASED: dict[str, dict[str, Any]] = {
         "hub": "embedded-language-flows/ELF-B-xsum-torch", "preset": "B", "task": "xsum",
         "seq_len": 1088, "prefix_len": 1024, "distilled": False, "epochs": 100,
         "trained_on": "XSum (the config's 100 epochs at 1,088 tokens)",
-        "config": "train_xsum_ELF-B.yml",
+        "config": "train_xsum_ELF-B.yml", "options": {"source_layout": "packed"},
         "sampler": {"name": "ode", "steps": 64, "w": 1.0, "cfg_scale": 2.0},
         "reported": {"rouge1": 36.0, "rouge2": 12.2, "rougeL": 27.8},
     },
@@ -482,7 +483,7 @@ def load_official(
         weights: ``ema_params1`` (what evaluation uses) or ``params``.
         cache: root of the converted-weights cache (``<cache>/released/<name>.safetensors``);
             None converts every time and writes nothing.
-        overrides: other :class:`ELFConfig` fields.
+        overrides: other :class:`ELFConfig` fields (over a released variant's ``options``).
 
     Raises:
         CheckpointError: unreadable file, refused pickle content, missing weight set, or
@@ -543,7 +544,8 @@ def load_official(
         )
     from dlmbench_elf.model import ELF
 
-    config = ELFConfig.from_preset(chosen, **{"encoder": "frozen", "encoder_name": encoder_name, **overrides})
+    config = ELFConfig.from_preset(chosen, **{"encoder": "frozen", "encoder_name": encoder_name,
+                                              **info.get("options", {}), **overrides})
     if spec is None:
         spec = t5_spec(info.get("seq_len", 1024), info.get("prefix_len", 0), arch.get("vocab_size", T5_VOCAB))
     model = ELF(config, spec)

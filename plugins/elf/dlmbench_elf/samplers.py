@@ -25,6 +25,12 @@ v and x separately; at the target positions both give the same update (z is shar
 The source positions are always restored to the clean source latents, and the returned
 ids repeat the request's prefix (:func:`dlmbench.prefix.request_prefix`).
 
+Packed layout (``source_layout: packed``, :mod:`dlmbench_elf.layout`): the source is each
+prefix up to its first EOS, embedded with its queries seeing only it; everything after it is
+generated, as ``test_generation_cond`` of ``src/generation.py`` does; the ``T`` ids right
+after each source are shifted back behind the fixed prefix, so metrics read the fixed
+layout. The passes, and so the NFE, are those of the fixed layout.
+
 Randomness: the initial noise, the grid and the SDE noise are all drawn in float64 from
 ``request.generator``; the latent state is then kept in float32 (the network casts its
 inputs to its own dtype, e.g. bf16), and the grid stays float64 Python floats.
@@ -41,6 +47,7 @@ from torch import Tensor
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.prefix import request_prefix
 from dlmbench.sampler import Sampler, SamplerConfig
+from dlmbench_elf.layout import before, first_eos, unpack_target
 from dlmbench_elf.model import ELF
 from dlmbench_elf.path import LogitNormal, _normal
 
@@ -159,7 +166,13 @@ class _ELFSampler(Sampler):
         src_mask = (torch.arange(L, device=dev) < P).view(1, L, 1)
         src = torch.zeros(B, L, D, device=dev)
         prefix = request_prefix(spec, request, dev)
-        if prefix is not None:
+        packed = prefix is not None and model.packed
+        if packed:  # per-row source: the prefix before its first EOS, seeing only itself
+            c = first_eos(prefix, spec.eos_id)
+            src_mask = before(c, L).unsqueeze(-1)  # (B, L, 1)
+            src[:, :P] = model.encode(prefix, lengths=(c, c))
+            src = src.masked_fill(~src_mask, 0.0)
+        elif prefix is not None:
             src[:, :P] = model.encode(prefix, prefix_len=P)  # source attends only to source
         use_cfg = P > 0 and self.config.cfg_scale != 1.0
         w = torch.full((B,), float(self.config.w), device=dev)
@@ -181,7 +194,9 @@ class _ELFSampler(Sampler):
         ones = torch.ones(B, device=dev)
         hidden = model.predict(z, torch.zeros_like(z), ones, w, ones).hidden
         ids = model.decode_logits(hidden).argmax(-1)
-        if prefix is not None:
+        if packed:  # shift back: the ids after each source follow the fixed prefix
+            ids = torch.cat([prefix, unpack_target(ids, c, P)], dim=1)
+        elif prefix is not None:
             ids[:, :P] = prefix
         return ids.long()
 
