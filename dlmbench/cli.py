@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,7 @@ def run(**opts: Any) -> None:
 
         echo = PhaseClock(click.echo)
         config = smoke_config(config, Path(config.cache) / "smoke")
+        shutil.rmtree(config.out_dir, ignore_errors=True)  # NAME-smoke: a smoke starts afresh, never resumes
         echo(f"smoke: stand-ins and data ready; {config.name} at seq_len {config.budget.seq_len}")
     context = run_context(config, join_world=True)
     board = config.out_dir / "leaderboard.md"

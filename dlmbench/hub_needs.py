@@ -37,6 +37,7 @@ class HubNeed(BaseModel):
     repo: str
     what: str
     kind: Literal["model", "dataset"] = "model"
+    instead: str = ""  # another way to provide it, e.g. a local copy
 
     def fetch(self) -> str:
         """The command that puts it in the local cache."""
@@ -71,7 +72,7 @@ def hub_id(name: str | None) -> str | None:
 def hub_needs(config: RunConfig, registry: Registry, weights: bool = True) -> list[HubNeed]:
     """Every hub repository ``config`` reads, once each (``weights``: with the models' weights)."""
     from dlmbench.build import build_model_config, metric_entries, tokenizer_request
-    from dlmbench.released import resolve_weights
+    from dlmbench.released import RELEASED, resolve_weights
 
     task_cls, argument = registry.task(config.task)
     try:
@@ -89,7 +90,10 @@ def hub_needs(config: RunConfig, registry: Registry, weights: bool = True) -> li
         if weights and entry.weights is not None:
             source, _ = resolve_weights(entry.weights, cls)
             if repo := hub_id(source):
-                needs.append(HubNeed(repo=repo, what=f"model {entry.name}: weights {entry.weights}"))
+                local = (f"released:{entry.weights[len(RELEASED):]}@DIR" if entry.weights.startswith(RELEASED)
+                         else "DIR")
+                needs.append(HubNeed(repo=repo, what=f"model {entry.name}: weights {entry.weights}",
+                                     instead=f"`hf download {repo} --local-dir DIR` and give weights: {local}"))
     for metric in metric_entries(config, registry):
         cls = registry.metric(metric.name)
         if "evaluator" in cls.Config.model_fields:
@@ -115,9 +119,14 @@ def check_hub_needs(config: RunConfig, registry: Registry, context: RunContext, 
         return  # a bad name or option: the part that reads it reports it, with its fix
     if not missing:
         return
+    why = f"the hub is offline ({context.offline_reason or 'offline'})"
+    if len(missing) == 1:  # one line
+        n = missing[0]
+        raise HubUnavailableError(
+            f"{n.what}: hub repository {n.repo!r} is not in the local Hugging Face cache and {why}; fetch it once "
+            f"while online: `{n.fetch()}`" + (f" (or {n.instead})" if n.instead else ""))
     width = max(len(n.fetch()) for n in missing)
     lines = "\n".join(f"  {n.fetch():<{width}}  # {n.what}" for n in missing)
     raise HubUnavailableError(
-        f"this run needs {len(missing)} Hugging Face repositor{'y' if len(missing) == 1 else 'ies'} that the local "
-        f"cache lacks, and the hub is offline ({context.offline_reason or 'offline'}); fetch "
-        f"{'it' if len(missing) == 1 else 'them'} once while online, then run again:\n{lines}")
+        f"this run needs {len(missing)} Hugging Face repositories that the local cache lacks, and {why}; fetch "
+        f"them once while online, then run again:\n{lines}")

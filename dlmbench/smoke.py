@@ -173,4 +173,4 @@ class PhaseClock:
 
         return tabulate([(line, f"{s:.1f}", f"{rss:.2f}", "-" if gpu is None else f"{gpu:.2f}")
                          for line, s, rss, gpu in self.rows],
-                        headers=["phase (ends with this line)", "seconds", "peak RSS GiB", "CUDA GiB"])
+                        headers=["phase (ends with this line)", "seconds", "peak RSS so far (GiB)", "CUDA peak (GiB)"])

@@ -100,6 +100,8 @@ def test_offline_a_real_released_name_fails_at_once_with_the_download(model, nam
         main(["run", "--set", f"models=[{{name: {model}, weights: 'released:{name}'}}]", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 4 and len(err) == 1, err
-    assert f"hub repository {hub!r} is not in the local Hugging Face cache" in err[0]
-    assert f"`hf download {hub} --local-dir DIR`) and give weights: released:{name}@DIR" in err[0]
+    assert err[0].startswith(f"error: model {model}: weights released:{name}: hub repository {hub!r} is not in "
+                             "the local Hugging Face cache")
+    assert err[0].endswith(f"`hf download {hub}` (or `hf download {hub} --local-dir DIR` and give weights: "
+                           f"released:{name}@DIR)")
     assert not Path(".dlmbench-cache", "checkpoints").exists()

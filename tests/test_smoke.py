@@ -37,7 +37,7 @@ def check(out: subprocess.CompletedProcess, tmp_path: Path, name: str, models: s
     sizes = {m.model: m.parameters for m in records}
     if paper_size:  # ELF-B (its denoiser and decode head; the frozen T5 is not counted) and DiT-small
         assert sizes["elf"] > 100e6 and sizes["mdlm"] > 150e6, sizes
-    assert "phase (ends with this line)" in out.stdout and "peak RSS GiB" in out.stdout
+    assert "phase (ends with this line)" in out.stdout and "peak RSS so far (GiB)" in out.stdout
 
 
 def test_reduced_owt_smoke_runs_the_same_path_with_the_same_stand_ins(tmp_path):
@@ -46,8 +46,12 @@ def test_reduced_owt_smoke_runs_the_same_path_with_the_same_stand_ins(tmp_path):
     cut to 2 layers (ELF-B's Muon step alone takes about 20 s on one CPU thread)."""
     models = ("models=[{name: elf, options: {depth: 2, hidden: 64, heads: 2}}, "
               "{name: mdlm, preset: tiny}]")
+    stale = tmp_path / "runs" / "owt-small-smoke" / "cells" / "stale.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # an earlier smoke's cell: a smoke starts afresh, it never resumes
     out = smoke("owt-small.yaml", tmp_path, "--set", models, "--set", "budget.seq_len=64")
     check(out, tmp_path, "owt-small", {"elf", "mdlm"}, 64, paper_size=False)
+    assert not stale.exists() and "[mdlm] training 2 steps x 2 x 64" in out.stdout
     assert "elf read it through" in out.stdout and "t5-small: vocab 32100" in out.stdout  # T5's size
     assert "vocab 50258" in out.stdout  # GPT-2's 50,257 + the appended mask
 
