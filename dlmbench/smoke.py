@@ -160,8 +160,6 @@ class PhaseClock:
 
     @staticmethod
     def _cuda_peak() -> float | None:
-        import torch
-
         if not torch.cuda.is_available():
             return None
         peak = torch.cuda.max_memory_allocated() / 2**30
