@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from dlmbench.context import RunContext
     from dlmbench.registry import Registry
 
-_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
+#: what a Hugging Face repository id looks like: ``name`` or ``owner/name``
+HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
 _NOT_HUB = {"bpe", "oracle", "proxy"}
 
 
@@ -64,7 +65,7 @@ class HubNeed(BaseModel):
 
 def hub_id(name: str | None) -> str | None:
     """``name`` when it names a hub repository, not a local path or a built-in choice."""
-    if not name or name in _NOT_HUB or Path(name).expanduser().exists() or not _HUB_ID.fullmatch(name):
+    if not name or name in _NOT_HUB or Path(name).expanduser().exists() or not HUB_ID.fullmatch(name):
         return None
     return name
 

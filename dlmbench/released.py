@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from dlmbench.config import ModelEntry
-    from dlmbench.context import RunContext
     from dlmbench.data import DataSpec
     from dlmbench.model import Model
 
@@ -89,23 +88,6 @@ def tensors_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def check_available(weights: str, source: str, facts: ReleasedWeights | None, context: RunContext) -> None:
-    """Offline, a hub repository must already be in the local Hugging Face cache: say so
-    before any model trains, with the command that downloads it."""
-    if Path(source).expanduser().exists() or not context.offline:
-        return
-    try:
-        import huggingface_hub
-
-        huggingface_hub.snapshot_download(source, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (the exception type varies by version)
-        then = f"released:{weights[len(RELEASED):]}@DIR" if weights.startswith(RELEASED) else "DIR"
-        raise HubUnavailableError(
-            f"weights={weights!r}: hub repository {source!r} is not in the local Hugging Face cache and the hub is "
-            f"offline ({context.offline_reason or 'offline'}); download it while online "
-            f"(`hf download {source} --local-dir DIR`) and give weights: {then}") from None
 
 
 def load_released(entry: ModelEntry, model: type[Model], spec: DataSpec, cache: Path) -> tuple[Model, WeightsSource]:

@@ -29,7 +29,7 @@ from dlmbench.model import Model
 from dlmbench.protocol import get_protocol
 from dlmbench.bound import likelihood_bound
 from dlmbench.records import CellIdentity, CellRecord, LikelihoodBound, ModelRecord, RunRecord
-from dlmbench.released import WeightsSource, check_available, load_released, resolve_weights
+from dlmbench.released import WeightsSource, load_released, resolve_weights
 from dlmbench.registry import Registry
 from dlmbench.rescore import StoredSamplesError, score_missing, stored_generation
 from dlmbench.results import ResultStore
@@ -245,9 +245,8 @@ class Runner:
             try:
                 build_model_config(entry, self.config.preset, self.registry)
                 build_sampler(entry, self.registry, views.default.spec.prefix_len > 0)
-                if entry.weights is not None:  # a bad name, or weights offline and not downloaded: now
-                    check_available(entry.weights, *resolve_weights(entry.weights, self.registry.model(entry.name)),
-                                    self.ctx)
+                if entry.weights is not None:  # a bad name: now (offline and not downloaded: TaskViews said)
+                    resolve_weights(entry.weights, self.registry.model(entry.name))
                 request = views.request(entry)
             except (ConfigError, HubUnavailableError):
                 raise

@@ -103,13 +103,13 @@ def smoke_config(config: RunConfig, root: Path, lines: int = 2000) -> RunConfig:
     data = write_data(config.task, grammar_text(lines, seed=1), root / f"{config.task}.jsonl")
     standin = build_standins(root, lines)
     task_cls, _ = registry.task(config.task)
-    task_options = {**_swapped(task_cls.Config.model_fields, config.task_options, standin), "data_files": str(data)}
+    task_values = task_cls.Config(**config.task_options).model_dump()  # the defaults name hub ids too
+    task_options = {**config.task_options, **_standins(task_values, standin), "data_files": str(data)}
     if "valid_documents" in task_cls.Config.model_fields:  # a few rows held out: the bound pass stays short
         task_options["valid_documents"] = lines // 40 if config.task == "owt" else 8
     models = []
     for entry in config.models:
-        options = build_model_config(entry, config.preset, registry).model_dump()
-        swapped = {k: standin[v] for k, v in options.items() if isinstance(v, str) and v in standin}
+        swapped = _standins(build_model_config(entry, config.preset, registry).model_dump(), standin)
         tokenizer = standin.get(entry.tokenizer, entry.tokenizer) if entry.tokenizer else None
         models.append(entry.model_copy(update={"options": {**entry.options, **swapped}, "tokenizer": tokenizer}))
     b = config.budget
@@ -118,8 +118,7 @@ def smoke_config(config: RunConfig, root: Path, lines: int = 2000) -> RunConfig:
         "train_tokens": BATCH * b.seq_len * STEPS, "train_bytes": None, "train_seeds": None,
         "evaluator": standin.get(b.evaluator, b.evaluator)})
     metrics = None if config.metrics is None else [
-        m.model_copy(update={"options": {k: standin.get(v, v) if isinstance(v, str) else v
-                                         for k, v in m.options.items()}}) for m in config.metrics]
+        m.model_copy(update={"options": {**m.options, **_standins(m.options, standin)}}) for m in config.metrics]
     name = f"{config.name}-smoke"
     smoke = RunConfig.model_validate({**config.model_dump(), "name": name, "task_options": task_options,
                                       "models": [m.model_dump() for m in models], "budget": budget.model_dump(),
@@ -131,14 +130,9 @@ def smoke_config(config: RunConfig, root: Path, lines: int = 2000) -> RunConfig:
     return smoke
 
 
-def _swapped(fields: dict[str, Any], options: dict[str, Any], standin: dict[str, str]) -> dict[str, Any]:
-    """``options`` with every hub id among them, or among the fields' defaults, replaced."""
-    out = dict(options)
-    for key, field in fields.items():
-        value = options.get(key, field.default)
-        if isinstance(value, str) and value in standin:
-            out[key] = standin[value]
-    return out
+def _standins(values: dict[str, Any], standin: dict[str, str]) -> dict[str, str]:
+    """The entries of ``values`` that name a hub id, each set to its stand-in's directory."""
+    return {k: standin[v] for k, v in values.items() if isinstance(v, str) and v in standin}
 
 
 class PhaseClock:

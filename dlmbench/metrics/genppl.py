@@ -75,7 +75,6 @@ hub cannot be reached.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -84,12 +83,12 @@ from pydantic import Field, model_validator
 
 from dlmbench.data import Generation
 from dlmbench.errors import ConfigError, HubUnavailableError
+from dlmbench.hub_needs import HUB_ID
 from dlmbench.metric import Metric, MetricConfig, MetricValue
 from dlmbench.metrics.proxy import PROXY, PROXY_NOTE, resolve_evaluator
 from dlmbench.safe_weights import from_pretrained_safetensors
 from dlmbench.task import TaskData
 
-_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
 _TOKENIZERS: dict[str, Any] = {}
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -107,7 +106,7 @@ def _load(loader: Any, name: str, what: str, offline: bool) -> Any:
     path = Path(name).expanduser()
     if path.exists():
         return load(str(path))
-    if not _HUB_ID.fullmatch(name):  # looks like a path, not "name" or "org/name"
+    if not HUB_ID.fullmatch(name):  # looks like a path, not "name" or "org/name"
         raise ConfigError(f"evaluator={name!r}: no such directory")
     try:
         return load(name, local_files_only=True)
