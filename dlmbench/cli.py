@@ -230,6 +230,11 @@ class PresetHelpCommand(click.Command):
 @click.option("--retrain", is_flag=True, help="Train every model again, replacing its cached checkpoint.")
 @click.option("--leaderboard/--no-leaderboard", default=True,
               help="Keep OUT/leaderboard.md current: rewritten after every finished cell.")
+@click.option("--jobs", default="auto", show_default=True,
+              help="Worker processes, each training and scoring one model at a time: one cheap model per "
+                   "worker first, then the longest (the records stay those of --jobs 1). auto: cores / --threads on CPU, 1 on one GPU, "
+                   "one per --devices entry.")
+@click.option("--devices", help="One worker per listed GPU, e.g. cuda:0,cuda:1 (the workers are spawned).")
 @click.option("--smoke", is_flag=True,
               help="Prove a paper config runs: its models at true size and length on local stand-ins (grammar "
                    "text, tokenizers of the reference sizes, a random T5-small, GPT-2 Large at 2 layers), 2 "
@@ -248,12 +253,11 @@ def run(**opts: Any) -> None:
     --set budget.sample_batch_size=N (it changes the seeds, hence the samples).
     """
     config = run_config_from_options(opts)
-    from dlmbench.leaderboard import render_markdown
-    from dlmbench.atomic import write_text_atomic
     from dlmbench.plugins import plugin_versions
-    from dlmbench.results import load_records
     from dlmbench.runner import Runner
+    from dlmbench.workers import parse_devices, parse_jobs, plan_workers
 
+    jobs, devices = parse_jobs(opts["jobs"]), parse_devices(opts["devices"])  # a bad value stops before any work
     registry = _registry()
     for entry in config.models:
         registry.model(entry.name)  # unknown names fail before any work, with a did-you-mean
@@ -261,23 +265,20 @@ def run(**opts: Any) -> None:
     if opts["smoke"]:
         from dlmbench.smoke import PhaseClock, smoke_config
 
+        if devices or (jobs or 1) > 1:
+            raise ConfigError("--smoke times each phase and its peak memory in one process; drop --jobs/--devices")
         echo = PhaseClock(click.echo)
         config = smoke_config(config, Path(config.cache) / "smoke")
         shutil.rmtree(config.out_dir, ignore_errors=True)  # NAME-smoke: a smoke starts afresh, never resumes
         echo(f"smoke: stand-ins and data ready; {config.name} at seq_len {config.budget.seq_len}")
     context = run_context(config, join_world=True)
+    workers = None if opts["smoke"] else plan_workers(opts["jobs"], opts["devices"], config, registry, context)
     board = config.out_dir / "leaderboard.md"
-    command = "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-
-    def write_board(_record=None) -> None:  # a long run shows its partial table as it goes
-        cells, models = load_records([config.out_dir])
-        budgets = {c.budget_hash for c in cells}
-        mine = config.budget_hash() if budgets - {config.budget_hash()} else None  # the command made only its own
-        write_text_atomic(board, render_markdown(cells, models, command=command, command_budget=mine))
-
+    write_board = BoardWriter(board, "dlmbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+                              config.budget_hash())
     runner = Runner(config, registry, context, plugin_versions(plugin_manager()), echo=echo,
                     progress=not opts["no_progress"], on_cell=write_board if opts["leaderboard"] else None,
-                    retrain=opts["retrain"] or opts["smoke"])  # a smoke run always trains
+                    retrain=opts["retrain"] or opts["smoke"], workers=workers)  # a smoke run always trains
     records = runner.run()
     if not context.world.is_main:
         return
@@ -291,6 +292,25 @@ def run(**opts: Any) -> None:
     if failed:
         click.echo(f"{len(failed)} cell(s) failed; see the records for the errors", err=True)
         sys.exit(1)
+
+
+class BoardWriter:
+    """Rewrites OUT/leaderboard.md from the stored records, so a long run shows its partial
+    table as it goes. An object, not a closure, so that it pickles: each worker process of
+    ``--jobs`` calls it after its own cells (every write is atomic; the last one wins)."""
+
+    def __init__(self, board: Path, command: str, budget_hash: str):
+        self.board, self.command, self.budget_hash = board, command, budget_hash
+
+    def __call__(self, _record=None) -> None:
+        from dlmbench.atomic import write_text_atomic
+        from dlmbench.leaderboard import render_markdown
+        from dlmbench.results import load_records
+
+        cells, models = load_records([self.board.parent])
+        budgets = {c.budget_hash for c in cells}
+        mine = self.budget_hash if budgets - {self.budget_hash} else None  # the command made only its own
+        write_text_atomic(self.board, render_markdown(cells, models, command=self.command, command_budget=mine))
 
 
 def summary_table(records: list[dict]) -> str:

@@ -38,6 +38,7 @@ from dlmbench.sampling import generate, to_generation
 from dlmbench.task import TaskData
 from dlmbench.tokenizer import TokenizerRequest
 from dlmbench.training import compile_network, fit
+from dlmbench.workers import Workers
 
 
 def default_label(entry: ModelEntry, sampler: str) -> str:
@@ -65,6 +66,7 @@ class Runner:
     progress: bool = True
     on_cell: Callable[[CellRecord], None] | None = None  # after each cell is written (rank 0)
     retrain: bool = False  # train every model again, replacing its cached checkpoint
+    workers: Workers | None = None  # more than one: each model in a worker process (--jobs, dlmbench.workers)
 
     def __post_init__(self) -> None:
         if self.context is None:
@@ -193,9 +195,7 @@ class Runner:
     def record_reused_model(self, slot: CheckpointSlot, record: ModelRecord) -> None:
         """Give this run the model record of a cached checkpoint (its training facts are in
         the JSON beside it), so its tables show training and likelihood bounds too."""
-        if not self.world.is_main:
-            return
-        if self.store.has_model(record.model, record.checkpoint_hash):
+        if not self.world.is_main or self.store.has_model(record.model, record.checkpoint_hash):
             return
         self.store.write_model(record.model_copy(update={
             "task": self.config.task, "budget_hash": self.config.budget_hash(), "reused_checkpoint": str(slot.path)}))
@@ -232,6 +232,8 @@ class Runner:
         if self.world.is_main:  # a held-out row per view of the task, the task's own first
             records = [self.reference_cell(views.get(r), metrics, r)
                        for r in dict.fromkeys([TokenizerRequest(), *requests])]
+        if self.workers is not None and self.workers.jobs > 1:  # the same records, units run side by side
+            return records + self.workers.run(self, views, requests)
         for entry, request in zip(cfg.models, requests):
             records.extend(self.run_model(entry, views.get(request), metrics, request))
         return records if self.world.is_main else []
@@ -382,10 +384,8 @@ class Runner:
         return record
 
     def fail(self, common: dict, steps: int, seed: int, cid: str, exc: BaseException) -> CellRecord:
-        if isinstance(exc, CheckpointError):
-            text = str(exc)
-        else:
-            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        text = str(exc) if isinstance(exc, CheckpointError) else \
+            "".join(traceback.format_exception_only(type(exc), exc)).strip()
         self.echo(f"[{common['model']}] cell steps={steps} seed={seed} FAILED: {text}")
         return self.written(CellRecord(**common, cell_id=cid, status="error", error=text,
                                        traceback=traceback.format_exc(), steps=steps, seed=seed))

@@ -11,6 +11,7 @@ import torch
 
 from dlmbench import hookspecs
 from dlmbench.builtin import ar as ar_plugin
+from dlmbench.builtin import ar_sampler
 from dlmbench.builtin.ar import AR, ARConfig
 from dlmbench.builtin.ar_sampler import Ancestral, AncestralConfig, Greedy, top_p_filter
 from dlmbench.data import Batch, DataSpec, SampleRequest
@@ -18,6 +19,7 @@ from dlmbench.model import Model
 from dlmbench.nfe import count_nfe
 from dlmbench.nn.attention import attention
 from dlmbench.plugins import build_registry
+from dlmbench.testing.draws import float64_draws
 from dlmbench.training import fit
 
 PAD, BOS, EOS, MASK = 0, 2, 3, 4
@@ -218,6 +220,18 @@ def test_ancestral_reproduces_joint(temperature, top_p):
         cells += 1
     assert sum(counts.values()) == n
     assert chi2 < chi2_critical(cells - 1), (chi2, cells)
+
+
+@pytest.mark.parametrize("sampler,draws", [(Ancestral(), 3), (Greedy(), 0)])
+def test_every_draw_is_a_float64_categorical_draw(sampler, draws):
+    """Catches a float32 draw (the weights or the noise of dlmbench.categorical) and a draw
+    that bypasses it (multinomial, a float32 Gumbel); one draw per generated token."""
+    spec = spec_(vocab=8, seq_len=3)
+    model = StandIn(spec, markov_table(spec, [EOS, 5, 6, 7]))
+    with float64_draws(ar_sampler) as seen:
+        sampler.sample(model, request(64, seed=2))
+    assert seen.categorical.get(ar_sampler.__name__, 0) == draws
+    assert len(seen.floats) == draws
 
 
 def test_top_p_filter():

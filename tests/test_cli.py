@@ -1,47 +1,15 @@
 """The command line: help, clear errors with distinct exit codes, and plugin listing.
 
-The commands run in this process (``dlmbench.cli.main``, the console script's own entry):
-starting an interpreter and importing torch per call cost seconds each. One test runs
+The commands run in this process (the ``dlmbench`` fixture of ``conftest.py``): starting
+an interpreter and importing torch per call cost seconds each. One test runs
 ``python -m dlmbench`` for real, so the module entry point itself is covered.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from types import SimpleNamespace
-
-import pytest
-
-from dlmbench.cli import main
-
-
-@pytest.fixture
-def dlmbench(capsys, monkeypatch):
-    """Run ``dlmbench ARGS`` in process: ``.returncode``, ``.stdout``, ``.stderr``. The
-    process environment is restored after each call (the CLI switches the HF libraries
-    offline when the hub cannot be reached)."""
-
-    def call(*args, cwd=None, env=None):
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        before = dict(os.environ)
-        os.environ.update(env or {})
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        finally:
-            os.environ.clear()
-            os.environ.update(before)
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return call
 
 
 def test_help_lists_every_command():

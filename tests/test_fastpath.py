@@ -187,7 +187,60 @@ def test_deferred_read_back_keeps_losses_and_the_progress_contract():
     assert calls[4] == calls[1] == list(enumerate(reports[1].losses))  # once per step, in order
     for r in reports.values():
         assert r.first_step_seconds > 0 and r.median_step_seconds > 0
-        assert r.compile_seconds == r.first_step_seconds - r.median_step_seconds
+
+
+class _Clock:
+    """A fake ``time`` module: ``perf_counter`` reads ``now``, which only the test moves."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Timed(Model):
+    """A one-parameter model whose ``i``-th training step takes ``durations[i]`` fake seconds."""
+
+    name = "timed"
+
+    def __init__(self, clock: _Clock, durations: list[float]):
+        super().__init__(ModelConfig(), DataSpec(10, 4, 0, 1, 2, 3, 0))
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.clock, self.durations = clock, list(durations)
+
+    def loss(self, batch):
+        self.clock.now += self.durations.pop(0)
+        return (self.w * batch.tokens.float().mean()).sum()
+
+
+#: a slow first step (what compilation costs), then steady ones; whole seconds: exact sums
+STEP_TIMES = [7.0, 1.0, 4.0, 2.0, 5.0, 1.0]
+
+
+@pytest.mark.parametrize("every, median", [
+    (1, 2.0),  # each step timed alone: steps 2..6 sorted are [1, 1, 2, 4, 5]
+    (2, 3.0),  # read back after step 1, then after 2, 4 and 6: windows [1], [4, 2], [5, 1] give
+               # each of their steps the window's mean: [1, 3, 3, 3, 3]
+])
+def test_step_times_and_compile_time_come_from_a_known_clock(monkeypatch, every, median):
+    """First step 7 s, compile time = 7 - median by hand. The progress callback takes 100 s
+    a call: it must not count as step time. Catches a mean for the median, a median that
+    includes the first step, a window not split across its steps, callbacks timed as steps."""
+    import dlmbench.training
+
+    clock = _Clock()
+    monkeypatch.setattr(dlmbench.training, "time", clock)
+
+    def slow_progress(step, loss):
+        clock.now += 100.0
+
+    report = fit(_Timed(clock, STEP_TIMES), torch.ones(16, 4, dtype=torch.long), batch_size=4,
+                 steps=len(STEP_TIMES), sync_every=every, progress=slow_progress)
+    assert report.first_step_seconds == 7.0 and report.median_step_seconds == median
+    assert report.compile_seconds == 7.0 - median
+    one = fit(_Timed(clock, STEP_TIMES[:1]), torch.ones(16, 4, dtype=torch.long), batch_size=4, steps=1)
+    assert one.first_step_seconds == 7.0 and one.median_step_seconds is None and one.compile_seconds is None
 
 
 class _NaNAt(Model):

@@ -30,13 +30,24 @@ def load():
 
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory) -> dict:
-    """One ``--dry`` run as a user runs it (a subprocess, from another directory)."""
+    """One ``--dry`` run from another directory, through the script's ``main`` in this
+    process (its sections start their own pytest and torchrun processes); the thread count
+    it sets is put back after."""
+    import torch
+
     tmp = tmp_path_factory.mktemp("gpu_check")
     out = tmp / "gpu_check.json"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--dry", "--json", str(out)], cwd=tmp,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        try:
+            data = load().main(["--dry", "--json", str(out)])
+        finally:
+            torch.set_num_threads(threads)
+        assert Path.cwd() == tmp  # the script returned to where it was started
+    assert data["ok"], json.dumps(data["sections"])[-3000:]
     assert not (tmp / ".dlmbench-cache").exists()  # builds happen in the script's temporary directory
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
     return json.loads(out.read_text())
 
 
@@ -129,9 +140,15 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkey
     assert data["ok"] is False
 
 
-def test_the_time_guard_skips_sections_with_its_reason(tmp_path):
-    data = load().main(["--dry", "--sections", "attention,utilization", "--budget-s", "0",
-                        "--json", str(tmp_path / "late.json")])
+def test_the_time_guard_skips_sections_with_its_reason_and_the_command_exits_1(tmp_path):
+    """As a lent GPU runs it (``python benchmarks/gpu_check.py``, a subprocess: the
+    script's own entry and exit status; the dry run above goes through ``main``)."""
+    out = tmp_path / "late.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--dry", "--sections", "attention,utilization",
+                             "--budget-s", "0", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
     for name in ("attention", "utilization"):
         assert data["sections"][name]["status"] == "skipped"
         assert data["sections"][name]["reason"].startswith("time guard:")

@@ -1,9 +1,12 @@
-"""Offline, a paper config lists every hub repository it needs before any work."""
+"""Offline, a paper config lists every hub repository it needs before any work.
+
+The CLI runs in this process beside an empty Hugging Face cache (``empty_cache``, as
+``HF_HOME`` set to an empty directory gives a fresh interpreter; ``HF_HUB_OFFLINE`` is set
+in ``conftest.py``).
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,28 +22,7 @@ RELEASED = {"Skylion007/openwebtext", "gpt2", "t5-small", "embedded-language-flo
             "kuleshov-group/mdlm-owt", "s-sahoo/duo", "gpt2-large"}
 
 
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    """A Hugging Face cache with nothing in it (``cache(repo)`` puts a snapshot there)."""
-    from huggingface_hub import constants
-
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    try:
-        import datasets
-
-        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    except ImportError:
-        pass
-
-    def cache(repo: str, kind: str = "model") -> None:
-        folder = hub / f"{kind}s--{repo.replace('/', '--')}"
-        (folder / "snapshots" / "abc123").mkdir(parents=True)
-        (folder / "snapshots" / "abc123" / "config.json").write_text("{}")
-        (folder / "refs").mkdir()
-        (folder / "refs" / "main").write_text("abc123")
-
-    return cache
+OFFLINE = {"HF_HUB_OFFLINE": "1"}  # whatever the user's environment says
 
 
 def offline() -> RunContext:
@@ -105,12 +87,9 @@ def test_cached_local_or_online_needs_nothing(empty_cache, tmp_path, monkeypatch
     check_hub_needs(config("owt-released"), registry, online)  # online the loaders fetch
 
 
-def test_the_cli_lists_them_and_exits_4_before_any_work(tmp_path):
-    env = {"PATH": str(Path(sys.executable).parent), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "dlmbench", "run", "--config", str(ROOT / "configs/owt-released.yaml"),
-                          "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")],
-                         capture_output=True, text=True, env=env, timeout=120)
+def test_the_cli_lists_them_and_exits_4_before_any_work(dlmbench, empty_cache, tmp_path):
+    out = dlmbench("run", "--config", ROOT / "configs/owt-released.yaml", "--out", tmp_path / "runs",
+                   "--cache", tmp_path / "cache", cwd=tmp_path, env=OFFLINE)
     assert out.returncode == 4, out.stderr
     lines = out.stderr.strip().splitlines()
     assert lines[0].startswith("error: this run needs 7 Hugging Face repositories") and "Traceback" not in out.stderr
@@ -118,11 +97,8 @@ def test_the_cli_lists_them_and_exits_4_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()  # nothing was built
 
 
-def test_validate_config_lists_the_needs_on_stderr(tmp_path):
-    env = {"PATH": str(Path(sys.executable).parent), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "dlmbench", "validate-config", "--config",
-                          str(ROOT / "configs/xsum.yaml")], capture_output=True, text=True, env=env, timeout=120)
+def test_validate_config_lists_the_needs_on_stderr(dlmbench, empty_cache, tmp_path):
+    out = dlmbench("validate-config", "--config", ROOT / "configs/xsum.yaml", cwd=tmp_path, env=OFFLINE)
     assert out.returncode == 0 and out.stdout.lstrip().startswith("{")
     assert "needs EdinburghNLP/xsum (task xsum: dataset): hf download EdinburghNLP/xsum --repo-type dataset" \
         in out.stderr.splitlines()

@@ -22,6 +22,7 @@ import dlmbench_duo.samplers as samplers_module
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.errors import ConfigError
 from dlmbench.nfe import count_nfe
+from dlmbench.testing.draws import float64_draws
 from dlmbench_duo import Duo, DuoAncestral, DuoConfig, DuoGreedyTail
 
 SPEC = DataSpec(vocab_size=8, seq_len=6, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
@@ -84,46 +85,38 @@ def chi_square_pvalue(samples: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(stat / 2)))
 
 
-def draw(sampler, model, steps, n=N, seed=0, prefix=None):
+def draw(sampler, model, steps, n=N, seed=0, prefix=None, draws=None):
+    """Samples and NFE per sample; every random draw must be a float64 categorical draw
+    (:func:`dlmbench.testing.draws.float64_draws`), recorded into ``draws`` if given."""
     request = SampleRequest(steps=steps, num_samples=n, generator=torch.Generator().manual_seed(seed), prefix=prefix)
-    with count_nfe(model) as counter:
+    with count_nfe(model) as counter, float64_draws(samplers_module) as seen:
         ids = sampler.sample(model, request)
     assert ids.shape == (n, model.spec.seq_len) and ids.dtype == torch.long
+    if draws is not None:
+        draws.append(seen.categorical.get(samplers_module.__name__, 0))
     return ids, counter.per_sample(n)
 
 
-@pytest.fixture
-def float64_only(monkeypatch):
-    original = samplers_module.sample_categorical
-    seen = []
-
-    def checked(probs, generator):
-        assert probs.dtype == torch.float64, probs.dtype
-        seen.append(probs.dtype)
-        return original(probs, generator)
-
-    monkeypatch.setattr(samplers_module, "sample_categorical", checked)
-    return seen
-
-
 @pytest.mark.parametrize("steps", [1, 3, 16])
-def test_ancestral_reproduces_independent_tokens(steps, float64_only):
+def test_ancestral_reproduces_independent_tokens(steps):
     probs = token_probs(SPEC)
     model = stand_in(SPEC, IndependentDenoiser(probs))
     sampler = DuoAncestral()
-    ids, nfe = draw(sampler, model, steps, seed=steps)
-    assert len(float64_only) == steps + 1  # every step and the final posterior draw
+    draws = []
+    ids, nfe = draw(sampler, model, steps, seed=steps, draws=draws)
+    assert draws == [steps + 1]  # every step and the final posterior draw
     assert chi_square_pvalue(ids, probs) > 1e-3
     assert nfe == sampler.max_nfe(steps) == steps + 1 and sampler.exact_nfe()
 
 
 @pytest.mark.parametrize("steps", [1, 8])
-def test_greedy_tail_ends_on_the_argmax(steps, float64_only):
+def test_greedy_tail_ends_on_the_argmax(steps):
     probs = token_probs(SPEC)
     model = stand_in(SPEC, IndependentDenoiser(probs))
     sampler = DuoGreedyTail()
-    ids, nfe = draw(sampler, model, steps, n=200)
-    assert len(float64_only) == steps  # the tail is an argmax, not a draw
+    draws = []
+    ids, nfe = draw(sampler, model, steps, n=200, draws=draws)
+    assert draws == [steps]  # the tail is an argmax, not a draw
     assert torch.equal(ids, probs.argmax(-1).expand(200, -1))
     assert nfe == sampler.max_nfe(steps) == steps + 1
 

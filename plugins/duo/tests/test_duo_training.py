@@ -25,19 +25,24 @@ def progressions(rows: int, seed: int = 0) -> torch.Tensor:
     return 5 + (a + torch.arange(SPEC.seq_len) * b) % 27
 
 
-@pytest.mark.parametrize("curriculum", [0, 80])
+#: optimiser steps at lr 2e-3 (the loss falls within each phase by about as much as 200
+#: steps at 1e-3 took it); the curriculum, when on, takes the first 40% of them
+STEPS, LR = 120, 2e-3
+
+
+@pytest.mark.parametrize("curriculum", [0, 2 * STEPS // 5])
 def test_loss_falls_and_sampling_nfe_matches(curriculum):
     torch.manual_seed(0)
-    options = dict(ema_decay=0.0, lr=1e-3, warmup_steps=20, curriculum_steps=curriculum)
+    options = dict(ema_decay=0.0, lr=LR, warmup_steps=20, curriculum_steps=curriculum)
     model = Duo(DuoConfig.from_preset("tiny", **options), SPEC)
     valid = Batch(progressions(256, seed=1))
     with torch.no_grad():
         before = float(model.nelbo(valid).mean())
-    report = fit(model, progressions(2048), batch_size=32, steps=200, seed=0)
+    report = fit(model, progressions(2048), batch_size=32, steps=STEPS, seed=0)
     losses = torch.tensor(report.losses)
-    assert bool(torch.isfinite(losses).all()) and int(model.steps_trained) == 200
+    assert bool(torch.isfinite(losses).all()) and int(model.steps_trained) == STEPS
     # the loss falls within each phase (the curriculum and the exact loss differ in scale)
-    phases = [(0, curriculum), (curriculum, 200)] if curriculum else [(0, 200)]
+    phases = [(0, curriculum), (curriculum, STEPS)] if curriculum else [(0, STEPS)]
     for lo, hi in phases:
         k = (hi - lo) // 4
         assert float(losses[hi - k : hi].mean()) < 0.95 * float(losses[lo : lo + k].mean()), (lo, hi)

@@ -80,16 +80,18 @@ def test_sde_churn_reduces_to_the_ode_step_at_gamma_zero():
 
 
 def test_sde_churn_code_form():
+    """``_sde_step`` of lillian039/ELF@b29d883 by hand: t = .4 -> t' = .6, gamma 1.5 gives
+    alpha = 1 - 1.5 * .2 = .7, so t_b = .28 and z_b = .7 z + .3 * 2 eps = .7 - .15 = .55
+    for z = 1, eps = -.25 (a z that is not 2 eps, so z_b depends on alpha)."""
     path = FlowPath(noise_scale=2.0)
     z = torch.ones(1, 1, 1, dtype=torch.float64)
-    e = torch.full_like(z, 0.5)
+    e = torch.full_like(z, -0.25)
     z_b, t_b = path.churn(z, 0.4, 0.6, gamma=1.5, eps=e)
-    alpha = 1 - 1.5 * 0.2
-    assert math.isclose(t_b, alpha * 0.4)
-    assert torch.allclose(z_b, alpha * z + (1 - alpha) * 2.0 * e)
-    # alpha is clipped to [0, 1]
+    assert math.isclose(t_b, 0.28)
+    assert torch.allclose(z_b, torch.full_like(z, 0.55))
+    # alpha = 1 - 5 * .9 < 0 is clipped to 0: all noise, t_b = 0
     z_b, t_b = path.churn(z, 0.0, 0.9, gamma=5.0, eps=e)
-    assert t_b == 0.0 and torch.allclose(z_b, 2.0 * e)
+    assert t_b == 0.0 and torch.allclose(z_b, torch.full_like(z, -0.5))
 
 
 def test_time_distributions():
