@@ -195,6 +195,7 @@ def collect(work: Path, modules: list[str]) -> dict:
             checked = total - statuses.get("not checked", 0) - len(equivalent)
             report[module] = {
                 "mutants": total, "killed": killed, "statuses": statuses, "equivalent": len(equivalent),
+                "complete": "not checked" not in statuses,  # False: the kill rate is over the mutants tested so far
                 "kill_rate": round(killed / checked, 4) if checked else None,
                 "survivors": survivors, "equivalent_mutants": equivalent,
             }
@@ -268,11 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     payload.update({"tool": f"mutmut {_version('mutmut')}", "target_kill_rate": TARGET, "modules": report})
     C.write_json(args.json, payload)
     width = max(len(m) for m in report)
-    print(f"{'module':<{width}}  mutants  killed  equiv  survived  kill rate")
+    print(f"{'module':<{width}}  mutants  killed  equiv  survived  untested  kill rate")
     for module, r in report.items():
         rate = "-" if r["kill_rate"] is None else f"{r['kill_rate']:.1%}"
         print(f"{module:<{width}}  {r['mutants']:7d}  {r['killed']:6d}  {r['equivalent']:5d}  "
-              f"{len(r['survivors']):8d}  {rate:>9}")
+              f"{len(r['survivors']):8d}  {r['statuses'].get('not checked', 0):8d}  {rate:>9}")
 
 
 def _version(dist: str) -> str:
