@@ -100,3 +100,28 @@ def test_same_seed_same_draws():
     a = sample_categorical(p, torch.Generator().manual_seed(5))
     b = sample_categorical(p, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+def test_to_generation_strips_the_prefix_cuts_at_eos_and_pairs_each_row_with_its_task_strings():
+    """Row i of the samples is scored against reference i and source i, so only the first
+    ``len(ids)`` of the task's strings come along (a run may sample fewer rows than the task
+    has). Catches dropping either list or passing them all on unpaired."""
+    from dlmbench.data import DataSpec
+    from dlmbench.sampling import to_generation
+    from dlmbench.task import TaskData
+    from dlmbench.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.word_level(["a", "b", "c"])
+    a, b, c = (tok.encode(w)[0] for w in "abc")
+    eos = tok.eos_id
+    ids = torch.tensor([[a, a, b, c, eos, a], [b, b, c, c, c, c], [c, c, eos, b, b, b]])
+    empty = torch.zeros(0, 6, dtype=torch.long)
+    task = TaskData("t", DataSpec(tok.vocab_size, 6, 0, 2, 3, 4, prefix_len=2), tok, empty, empty,
+                    references=["r0", "r1", "r2", "r3"], sources=["s0", "s1", "s2", "s3"])
+    gen = to_generation(ids, tok, 2, task)
+    assert gen.ids is ids
+    assert gen.tokens == [[b, c], [c, c, c, c], []]
+    assert gen.texts == ["b c", "c c c c", ""]
+    assert gen.references == ["r0", "r1", "r2"] and gen.sources == ["s0", "s1", "s2"]
+    alone = to_generation(ids, tok, 2)
+    assert alone.references is None and alone.sources is None and alone.texts == gen.texts

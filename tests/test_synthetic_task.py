@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pydantic
@@ -330,6 +331,35 @@ def test_exact_match():
                      texts=["a b", "a  b c", "x"], references=["a b", "a b c", "y"])
     value = ExactMatch().compute(gen, None)
     assert value.value == pytest.approx(2 / 3) and value.details["n"] == 3
+
+
+def test_exact_match_falls_back_to_the_tasks_references_and_refuses_unpaired_ones():
+    """A generation without its own references is scored against the task's; a count that
+    does not pair one reference with each sample raises, saying both counts. Catches ignoring
+    the task's references, letting ``zip`` silently drop the unpaired samples, and a message
+    that loses a count."""
+    task = types.SimpleNamespace(references=["a b", "c"])
+    gen = Generation(ids=torch.zeros(2, 4, dtype=torch.long), tokens=[[], []], texts=["a b", "d"])
+    assert ExactMatch().compute(gen, task).value == pytest.approx(1 / 2)
+    three = Generation(ids=torch.zeros(3, 4, dtype=torch.long), tokens=[[], [], []], texts=["a b", "c", "e"])
+    with pytest.raises(ValueError, match="one reference per sample: 3 samples, 2 references"):
+        ExactMatch().compute(three, task)
+    with pytest.raises(ValueError, match="3 samples, None references"):
+        ExactMatch().compute(three, types.SimpleNamespace(references=None))
+
+
+def test_oracle_nll_all_of_no_samples_is_undefined_and_says_why(capped_task):
+    """With no samples the smoothed NLL is NaN with no stderr, rests on n = 0 samples and
+    carries its settings; a task without a grammar is refused by name. Catches a changed
+    value, count, reason or detail of the empty case, and an anonymous refusal."""
+    empty = Generation(ids=torch.zeros(0, 16, dtype=torch.long), tokens=[], texts=[])
+    value = OracleNLLAll().compute(empty, capped_task)
+    assert math.isnan(value.value) and value.stderr is None and value.n == 0 and value.undefined == "no samples"
+    assert value.details == {"samples": 0, "accepted": 0, "max_words": capped_task.oracle.max_len,
+                             "vocab_size": capped_task.tokenizer.vocab_size, "backoff": 0.01, "n": 0}
+    translate = small(GrammarTranslateTask).load(seq_len=24, num_eval=4, seed=0)
+    with pytest.raises(AssertionError, match="oracle-nll-all needs"):
+        OracleNLLAll().compute(empty, translate)
 
 
 def test_metrics_apply_only_where_they_can(capped_task):

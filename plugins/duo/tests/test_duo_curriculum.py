@@ -10,7 +10,7 @@ from torch import nn
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
 from dlmbench.training import fit
-from dlmbench_duo import Duo, DuoConfig, duality_table
+from dlmbench_duo import Duo, DuoConfig, duality_alpha_exact, duality_table
 
 SPEC = DataSpec(vocab_size=12, seq_len=8, pad_id=0, bos_id=2, eos_id=3, mask_id=4)
 
@@ -111,3 +111,38 @@ def test_curriculum_loss_with_the_real_network_is_finite_and_backpropagates():
     loss.backward()
     assert float(model.network.output_layer.linear.weight.grad.abs().sum()) > 0
     assert float(model.network.vocab_embed.embedding.grad.abs().sum()) > 0
+
+
+class FixedTimes:
+    """Stands in for the model's time distribution: the given times, in order."""
+
+    def __init__(self, *times: float):
+        self.times = torch.tensor(times, dtype=torch.float32)
+
+    def sample(self, n: int, device=None) -> torch.Tensor:
+        return self.times[:n].to(device)
+
+
+def test_window_ends_read_the_duality_at_gamma_min_and_gamma_max_even_above_minus_one():
+    """t = 0 and t = 1 condition on T(alpha~) at gamma_min and gamma_max (Duo paper Sec. 3),
+    also for a window reaching past the standard [-5, -1] table, which then must extend to
+    gamma_max plus the forward-difference step. Catches a table that stops at -1 or short of
+    gamma_max + 1e-3 (the look-up raises)."""
+    K = 12
+    model = recorded(curriculum_steps=1, gamma_min=-2.0, gamma_max=-0.5).train()
+    model.time_dist = FixedTimes(0.0, 1.0)
+    model.loss(Batch(tokens(rows=2)))
+    _, sigma = model.backbone.calls[0]
+    exact = duality_alpha_exact(torch.tensor([-2.0, -0.5], dtype=torch.float64), K)
+    torch.testing.assert_close(torch.exp(-sigma.double()), exact, rtol=1e-5, atol=1e-6)  # fp32 sigma
+
+
+def test_windows_inside_the_standard_range_share_one_table():
+    """Any window inside [-5, -1] reads the one standard table per vocabulary (as the code's
+    pre-tabulated ``integral/gpt2.pkl`` covers [-5, -1]), rather than tabulating each window
+    anew. Catches a table range that follows the window's own ends."""
+    duality_table.cache_clear()
+    for window in ((-3.55, -1.85), (-4.0, -2.0), (-5.0, -1.5)):
+        model = recorded(curriculum_steps=1, gamma_min=window[0], gamma_max=window[1]).train()
+        model.loss(Batch(tokens(rows=4)))
+    assert duality_table.cache_info().misses == 1

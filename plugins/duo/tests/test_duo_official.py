@@ -60,6 +60,23 @@ def test_loads_the_released_layout_time_conditioned(tmp_path):
     torch.testing.assert_close(model.network(ids, sigma), source(ids, sigma), rtol=0, atol=0)
 
 
+def test_the_released_weights_hook_passes_source_spec_and_options_on(tmp_path, monkeypatch):
+    """``Duo.load_weights`` (what ``dlmbench.released`` calls for a model entry with weights)
+    loads ``source`` for the task's ``spec`` with the entry's ``options``. Catches dropping any
+    of them: the default hub source is fetched instead (offline here), a GPT-2 spec is built
+    instead of the task's, or the options are ignored."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    source = released_layout(tmp_path / "duo")
+    model = Duo.load_weights(str(tmp_path / "duo"), SPEC, {"gamma_min": -3.0, "sampling_eps": 0.01},
+                             tmp_path / "cache")
+    assert isinstance(model, Duo) and model.spec == SPEC
+    assert model.config.gamma_min == -3.0 and model.config.sampling_eps == 0.01
+    ids = torch.randint(0, 40, (2, 16))
+    sigma = model.conditioning(torch.tensor([0.3, 0.7], dtype=torch.float64))
+    torch.testing.assert_close(model.network(ids, sigma), source(ids, sigma), rtol=0, atol=0)
+
+
 def test_causal_and_incomplete_checkpoints_are_refused(tmp_path):
     released_layout(tmp_path / "ar", causal=True)
     with pytest.raises(CheckpointError, match="causal"):

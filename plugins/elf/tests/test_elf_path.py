@@ -108,6 +108,18 @@ def test_time_distributions():
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
 
 
+@pytest.mark.parametrize("mean, median", [(math.log(3.0), 0.75), (-math.log(3.0), 0.25)])
+def test_logit_normal_median_is_the_sigmoid_of_the_mean(mean, median):
+    """sigmoid is increasing, so the median of sigmoid(N(m, s^2)) is sigmoid(m); for
+    m = +-log 3 that is 3/4 and 1/4 by hand. Catches a wrong sign of m (1/4 and 3/4 swap), a
+    wrong constant or operator. The sample median agrees too (its sd is
+    1 / (2 f(median) sqrt(n)) ~ 0.003 at n = 4001)."""
+    d = LogitNormal(mean, 0.8)
+    assert d.median() == pytest.approx(median, abs=1e-12)
+    draws = d.sample((4001,), torch.Generator().manual_seed(1))
+    assert abs(float(draws.median()) - median) < 0.02
+
+
 def test_time_grids():
     g = torch.Generator().manual_seed(0)
     grid = time_grid(8, "logit-normal", g)

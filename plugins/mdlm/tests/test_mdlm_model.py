@@ -78,6 +78,20 @@ def test_subs_never_predicts_the_mask_and_keeps_unmasked_tokens():
     assert float(others.max()) == NEG_INFINITY
 
 
+def test_subs_keeps_the_logits_dtype():
+    """SUBS log-normalises in the logits' own dtype, as ``log_softmax`` does (the mask bias is
+    built in that dtype). Catches a float32 bias, which silently promotes bf16 logits to fp32."""
+    torch.manual_seed(0)
+    mask_id = SPEC.mask_id
+    logits = torch.randn(2, 5, SPEC.vocab_size).to(torch.bfloat16)
+    xt = torch.randint(0, SPEC.vocab_size, (2, 5))
+    xt[:, ::2] = mask_id
+    log_p = subs_log_probs(logits, xt, mask_id)
+    assert log_p.dtype == torch.bfloat16
+    reference = subs_log_probs(logits.float(), xt, mask_id)
+    torch.testing.assert_close(log_p.float().exp(), reference.exp(), rtol=0, atol=1e-2)  # bf16: 8-bit mantissa
+
+
 @pytest.mark.parametrize("T", [0, 10])
 def test_nelbo_matches_its_closed_form_in_expectation(T):
     """For x_theta = pi (independent tokens) E[nelbo] = (1 - eps) sum_l -log pi_l(x_l):

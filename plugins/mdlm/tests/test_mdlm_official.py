@@ -70,6 +70,21 @@ def test_loads_the_released_layout_and_reproduces_the_network(tmp_path):
     assert float(model.log_probs(ids, torch.full((2,), 0.5))[..., SPEC.mask_id].exp().max()) == 0.0
 
 
+def test_the_released_weights_hook_passes_source_spec_and_options_on(tmp_path, monkeypatch):
+    """``MDLM.load_weights`` (what ``dlmbench.released`` calls for a model entry with weights)
+    loads ``source`` for the task's ``spec`` with the entry's ``options``. Catches dropping any
+    of them: the default hub source is fetched instead (offline here), a GPT-2 spec is built
+    instead of the task's, or the options are ignored."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    source = released_layout(tmp_path / "mdlm-owt")
+    model = MDLM.load_weights(str(tmp_path / "mdlm-owt"), SPEC, {"T": 8, "sampling_eps": 0.01}, tmp_path / "cache")
+    assert isinstance(model, MDLM) and model.spec == SPEC
+    assert model.config.T == 8 and model.config.sampling_eps == 0.01
+    ids, sigma = torch.randint(0, 50, (2, 16)), torch.zeros(2)
+    torch.testing.assert_close(model.network(ids, sigma), source(ids, sigma), rtol=0, atol=0)
+
+
 def test_a_bare_safetensors_file_uses_the_preset_and_overrides(tmp_path):
     released_layout(tmp_path / "repo")
     lonely = tmp_path / "elsewhere" / "weights.safetensors"
