@@ -18,10 +18,12 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
     unnormalised weights, computed entirely in float64.
     """
     p = probs.to(torch.float64)
-    u = torch.rand(p.shape, dtype=torch.float64, device=p.device, generator=generator)
-    # Exp(1) draws; the clamp only guards u == 0 (probability 2**-53) against 0/0.
-    e = (-torch.log1p(-u)).clamp_min(1e-300)
-    return torch.argmax(p / e, dim=-1)
+    e = torch.rand(p.shape, dtype=torch.float64, device=p.device, generator=generator)
+    # Exp(1) draws -log1p(-u); the clamp only guards u == 0 (probability 2**-53) against
+    # 0/0. In place: the same ops on the same values, without a fresh (..., K) float64
+    # tensor per op (a sampler draws over every position each step).
+    e.neg_().log1p_().neg_().clamp_min_(1e-300)
+    return torch.argmax(torch.div(p, e, out=e), dim=-1)
 
 
 def sample_from_logits(

@@ -108,7 +108,10 @@ class Ancestral(_LeftToRight):
     Config = AncestralConfig
 
     def choose(self, logits, generator):
-        probs = torch.softmax(logits.to(torch.float64) / self.config.temperature, dim=-1)
+        z = logits.to(torch.float64)
+        if self.config.temperature != 1.0:  # x / 1 == x exactly: skip the pass at T = 1
+            z = z / self.config.temperature
+        probs = torch.softmax(z, dim=-1)
         probs = top_p_filter(probs, self.config.top_p)
         return sample_categorical(probs.to(generator.device), generator)
 

@@ -117,19 +117,25 @@ def rb_nelbo_per_token(log_x_theta: torch.Tensor, xt: torch.Tensor, x0: torch.Te
 
 
 def uniform_posterior(x: torch.Tensor, xt: torch.Tensor, alpha_t: float | torch.Tensor,
-                      alpha_s: float | torch.Tensor) -> torch.Tensor:
+                      alpha_s: float | torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """``q(z_s | z_t, x)`` of the uniform-state process (paper Eq. 4, ``_posterior_from_x0``).
 
     ``x`` is ``(..., K)`` (one-hot or the model's probabilities ``x_theta``), ``xt`` its
     ``(...)`` ids; ``alpha_*`` scalars or ``(..., 1)``. Computed in ``x``'s dtype (float64
     when sampling). With ``alpha_s = 1`` it is the Bayes posterior of ``x`` given ``z_t``.
+    ``inplace`` overwrites ``x`` with the result (the same ops on the same values): a
+    sampler's own ``x_theta`` then costs no ``(..., K)`` temporaries per step.
     """
     K = x.shape[-1]
     alpha_ts = alpha_t / alpha_s
     x_at_zt = x.gather(-1, xt[..., None])
-    num = (alpha_s - alpha_t) * x + (1 - alpha_ts) * (1 - alpha_s) / K
-    num = num.scatter_add(-1, xt[..., None], K * alpha_t * x_at_zt + (alpha_ts - alpha_t))
+    base = (1 - alpha_ts) * (1 - alpha_s) / K
+    at_zt = K * alpha_t * x_at_zt + (alpha_ts - alpha_t)
     den = K * alpha_t * x_at_zt + 1 - alpha_t
+    if inplace:
+        return x.mul_(alpha_s - alpha_t).add_(base).scatter_add_(-1, xt[..., None], at_zt).div_(den)
+    num = (alpha_s - alpha_t) * x + base
+    num = num.scatter_add(-1, xt[..., None], at_zt)
     return num / den
 
 

@@ -45,11 +45,13 @@ class _DuoSampler(Sampler):
     def max_nfe(self, steps: int, spec: DataSpec | None = None) -> int:
         return steps + 1
 
-    def _x_theta(self, model: Model, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Float64 probabilities ``x_theta(z_t, t)``, ``(n, L, K)``."""
+    def _x_theta(self, model: Model, x: torch.Tensor, t: float, P: int) -> torch.Tensor:
+        """Float64 probabilities ``x_theta(z_t, t)`` at the target positions, ``(n, L - P, K)``
+        (the prefix's outputs are never read; softmax is row-wise, so the rows kept are
+        unchanged)."""
         tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
         logits = model.network(x, model.conditioning(tt))
-        return torch.softmax(logits.double(), dim=-1)
+        return torch.softmax(logits[:, P:].double(), dim=-1)
 
     @torch.no_grad()
     def sample(self, model: Model, request: SampleRequest) -> torch.Tensor:
@@ -58,16 +60,16 @@ class _DuoSampler(Sampler):
         device = model_device(model)
         x = initial_ids(spec, request, torch.randint(0, K, (n, L), generator=gen, device=device), device)
         grid = torch.linspace(1.0, self.config.final_t, request.steps + 1, dtype=torch.float64)
-        alphas = model.schedule(grid).alpha_t  # float64
+        times, alphas = grid.tolist(), model.schedule(grid).alpha_t.tolist()  # float64
         for i in range(request.steps):
-            probs = self._x_theta(model, x, float(grid[i]))
-            q = uniform_posterior(probs[:, P:], x[:, P:], float(alphas[i]), float(alphas[i + 1]))
+            probs = self._x_theta(model, x, times[i], P)
+            q = uniform_posterior(probs, x[:, P:], alphas[i], alphas[i + 1], inplace=True)
             x[:, P:] = sample_categorical(q, gen)
-        probs = self._x_theta(model, x, float(grid[-1]))
+        probs = self._x_theta(model, x, times[-1], P)
         if self.greedy_tail:
-            x[:, P:] = probs[:, P:].argmax(dim=-1)
+            x[:, P:] = probs.argmax(dim=-1)
         else:
-            q = uniform_posterior(probs[:, P:], x[:, P:], float(alphas[-1]), 1.0)
+            q = uniform_posterior(probs, x[:, P:], alphas[-1], 1.0, inplace=True)
             x[:, P:] = sample_categorical(q, gen)
         return x
 

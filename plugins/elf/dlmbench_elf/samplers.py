@@ -144,9 +144,11 @@ class _ELFSampler(Sampler):
         return time_grid(steps, cfg.grid, generator, mean, std)
 
     def _x_hat(
-        self, model: ELF, z: Tensor, sc: Tensor, t: float, w: Tensor, src_mask: Tensor, src: Tensor, cfg: bool
+        self, model: ELF, z: Tensor, sc: Tensor, t: float, w: Tensor, src_mask: Tensor, src: Tensor, cfg: bool,
+        has_src: bool = True,
     ) -> Tensor:
-        """Guided x-prediction with the source restored (one or two passes, batched)."""
+        """Guided x-prediction with the source restored (one or two passes, batched);
+        ``has_src=False`` (no source position) skips the restore, which would copy x_hat."""
         B = z.shape[0]
         if cfg:
             z2 = torch.cat([z, z.masked_fill(src_mask, 0.0)])
@@ -156,7 +158,7 @@ class _ELFSampler(Sampler):
             x_hat = x_u + self.config.cfg_scale * (torch.where(src_mask, src, x_c) - x_u)
         else:
             x_hat = model.predict(z, sc, torch.full((B,), t, device=z.device), w).x
-        return torch.where(src_mask, src, x_hat)
+        return torch.where(src_mask, src, x_hat) if has_src else x_hat
 
     @torch.no_grad()
     def sample(self, model: ELF, request: SampleRequest) -> Tensor:
@@ -178,17 +180,22 @@ class _ELFSampler(Sampler):
         w = torch.full((B,), float(self.config.w), device=dev)
         grid = self.grid(model, N, g).tolist()
         gamma, s_n = self.gamma(N), model.path.noise_scale
+        # without a source position every torch.where(src_mask, src, .) below is a copy
+        has_src = P > 0
 
-        z = torch.where(src_mask, src, s_n * _normal((B, L, D), g, dev, torch.float32))
+        def restore(latents: Tensor) -> Tensor:
+            return torch.where(src_mask, src, latents) if has_src else latents
+
+        z = restore(s_n * _normal((B, L, D), g, dev, torch.float32))
         sc = src.clone()  # self-conditioning state: zeros on the target, clean source
         for i in range(N):
             t, t_next = grid[i], grid[i + 1]
             if i < N - 1 and gamma > 0:
                 eps = _normal((B, L, D), g, dev, torch.float32)
                 z, t = model.path.churn(z, t, t_next, gamma, eps)
-                z = torch.where(src_mask, src, z)
-            x_hat = self._x_hat(model, z, sc, t, w, src_mask, src, use_cfg)
-            z = torch.where(src_mask, src, model.path.euler(z, x_hat, t, t_next))
+                z = restore(z)
+            x_hat = self._x_hat(model, z, sc, t, w, src_mask, src, use_cfg, has_src)
+            z = restore(model.path.euler(z, x_hat, t, t_next))
             sc = x_hat
         # decode pass: t = 1, decode mode, zero self-conditioning channel, same w
         ones = torch.ones(B, device=dev)

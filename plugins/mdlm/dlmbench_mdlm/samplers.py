@@ -83,12 +83,15 @@ class _Denoiser:
         self.scope = scope
         self.last_x: torch.Tensor | None = None
         self.last_out: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None  # the SUBS mask bias, built on the first call
 
     def _evaluate(self, x: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
-        logits = self.model.network(x, self.model.conditioning(tt)).double()
-        logits = logits + mask_bias(logits.shape[-1], self.model.spec.mask_id, x.device, torch.float64)
-        return torch.log_softmax(logits, dim=-1)
+        # a copy even from float64: the bias is added in place, never into the network's tensor
+        logits = self.model.network(x, self.model.conditioning(tt)).to(torch.float64, copy=True)
+        if self.bias is None:
+            self.bias = mask_bias(logits.shape[-1], self.model.spec.mask_id, x.device, torch.float64)
+        return torch.log_softmax(logits.add_(self.bias), dim=-1)
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         if not self.cache:
@@ -99,7 +102,10 @@ class _Denoiser:
         changed = (x != self.last_x).any(dim=-1)
         if self.scope == "batch" and bool(changed.any()):
             changed = torch.ones_like(changed)
-        if bool(changed.any()):
+        if bool(changed.all()):  # every row evaluated: no gather or scatter of (B, L, K) rows
+            self.last_out = self._evaluate(x, t)
+            self.last_x.copy_(x)
+        elif bool(changed.any()):
             self.last_out[changed] = self._evaluate(x[changed], t)
             self.last_x[changed] = x[changed]
         return self.last_out
@@ -129,15 +135,16 @@ class _MDLMAncestral(Sampler):
             inside = torch.zeros(spec.seq_len, dtype=torch.bool, device=device)
             inside[lo:hi] = True
             grid = torch.linspace(1.0, cfg.final_t, steps + 1, dtype=torch.float64)
+            # the schedule of the whole grid at once (elementwise, so each alpha is the one
+            # a per-step call gives)
+            times, alphas = grid.tolist(), model.schedule(grid).alpha_t.tolist()
             for i in range(steps):
-                t, s = float(grid[i]), float(grid[i + 1])
-                log_x0 = denoise(x, t)
-                a_t = float(model.schedule(torch.tensor(t, dtype=torch.float64)).alpha_t)
-                a_s = float(model.schedule(torch.tensor(s, dtype=torch.float64)).alpha_t)
+                log_x0 = denoise(x, times[i])
+                a_t, a_s = alphas[i], alphas[i + 1]
                 todo = (x == mask_id) & inside
                 if bool(todo.any()):
                     # unnormalised q(z_s | z_t = m): x_theta (alpha_s - alpha_t), mask 1 - alpha_s
-                    weights = log_x0[todo].exp() * (a_s - a_t)
+                    weights = log_x0[todo].exp_().mul_(a_s - a_t)
                     weights[:, mask_id] = 1.0 - a_s
                     x[todo] = sample_categorical(weights, gen)
             if cfg.noise_removal:
