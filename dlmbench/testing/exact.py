@@ -269,3 +269,16 @@ def samples_for_power(reference: torch.Tensor, wrong: torch.Tensor, level: float
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if rejects(mid) else (mid, hi)
     return hi
+
+
+def assert_fits(samples: torch.Tensor, support: torch.Tensor, reference: torch.Tensor, *wrongs: torch.Tensor,
+                level: float = 1e-3) -> None:
+    """The check of an exactness test: ``samples`` fit ``reference`` (chi-square p above
+    ``level``) and reject every ``wrong`` reference (p below it), with enough samples for
+    that rejection to be expected (:func:`samples_for_power`), so the test has power."""
+    fit = chi_square_pvalue(samples, support, reference)
+    assert fit > level, f"samples do not fit the ideal sampler (p = {fit:.2e})"
+    for wrong in wrongs:
+        assert samples_for_power(reference, wrong, level) <= len(samples), "too few samples to reject a wrong reference"
+        power = chi_square_pvalue(samples, support, wrong)
+        assert power < level, f"a wrong reference was not rejected (p = {power:.2e})"

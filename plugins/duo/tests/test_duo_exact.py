@@ -25,7 +25,7 @@ import dlmbench_duo.samplers as samplers_module
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.nfe import count_nfe
 from dlmbench.testing.draws import float64_draws
-from dlmbench.testing.exact import align, chi_square_pvalue, samples_for_power, uniform_denoiser, uniform_ideal
+from dlmbench.testing.exact import align, assert_fits, uniform_denoiser, uniform_ideal
 from dlmbench_duo import Duo, DuoAncestral, DuoConfig, DuoGreedyTail
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,6 @@ _G = torch.Generator().manual_seed(0)
 PROBS = torch.softmax(2.0 * ((STATES - 1).sum(-1) % 3 == 0).double()
                       + 0.5 * torch.randn(len(STATES), generator=_G, dtype=torch.float64), 0)
 #: false-alarm rate of each chi-square check under a correct sampler (seeds are fixed)
-LEVEL = 1e-3
 #: samples per check: above samples_for_power of every case below (at most about 1.6k)
 N = 4000
 #: below exp(-744) a float64 probability is exactly 0
@@ -84,15 +83,6 @@ def draw(sampler, model, steps: int, n: int = N, seed: int = 0) -> tuple[torch.T
     return ids, counter.per_sample(n)
 
 
-def check(ids, support, reference, *wrongs):
-    fit = chi_square_pvalue(ids, support, reference)
-    assert fit > LEVEL, f"samples do not fit the ideal sampler (p = {fit:.2e})"
-    for wrong in wrongs:
-        assert samples_for_power(reference, wrong, LEVEL) <= len(ids), "too few samples to reject a wrong reference"
-        power = chi_square_pvalue(ids, support, wrong)
-        assert power < LEVEL, f"a wrong reference was not rejected (p = {power:.2e})"
-
-
 #: (steps, the wrong reference, model options, sampler options); the wrong reference is
 #: the data (None), the ideal sampler of fewer steps (an int) or that of the default
 #: schedule ("default"); the coarse schedule (alpha_1 = 0.3, last time 0.3) makes the prior and the tail matter
@@ -121,7 +111,7 @@ def test_samples_match_the_ideal_sampler_of_their_step_count(sampler_cls, steps,
     swapped = align(*ideal(model, other_tail(sampler.config), steps), support)
     ids, nfe = draw(sampler, model, steps, seed=steps)
     assert nfe == steps + 1
-    check(ids, support, reference, fewer, swapped)
+    assert_fits(ids, support, reference, fewer, swapped)
 
 
 @pytest.mark.parametrize("sampler_cls", [DuoAncestral, DuoGreedyTail])

@@ -24,7 +24,7 @@ import dlmbench_mdlm.samplers as samplers_module
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.nfe import count_nfe
 from dlmbench.testing.draws import float64_draws
-from dlmbench.testing.exact import align, chi_square_pvalue, masked_ideal, masked_posterior, samples_for_power
+from dlmbench.testing.exact import align, assert_fits, masked_ideal, masked_posterior
 from dlmbench_mdlm import MDLM, MDLMConfig, MDLMDDPM, MDLMDDPMCache
 from dlmbench_mdlm.samplers import block_bounds, split_steps
 
@@ -37,7 +37,6 @@ _G = torch.Generator().manual_seed(0)
 PROBS = torch.softmax(2.0 * ((STATES - 5).sum(-1) % 3 == 0).double()
                       + 0.5 * torch.randn(len(STATES), generator=_G, dtype=torch.float64), 0)
 #: false-alarm rate of each chi-square check under a correct sampler (seeds are fixed)
-LEVEL = 1e-3
 #: samples per check: above samples_for_power of every case below (at most about 1.5k)
 N = 4000
 #: below exp(-744) a float64 probability is exactly 0
@@ -103,14 +102,6 @@ def draw(sampler, model, steps: int, n: int = N, seed: int = 0) -> tuple[torch.T
     return ids, counter.per_sample(n)
 
 
-def check(ids, support, reference, wrong):
-    assert samples_for_power(reference, wrong, LEVEL) <= len(ids), "too few samples to reject the wrong reference"
-    fit = chi_square_pvalue(ids, support, reference)
-    assert fit > LEVEL, f"samples do not fit the ideal sampler (p = {fit:.2e})"
-    power = chi_square_pvalue(ids, support, wrong)
-    assert power < LEVEL, f"the wrong reference was not rejected (p = {power:.2e})"
-
-
 #: (steps, the wrong reference, model options, sampler options); the wrong reference is
 #: the data (None), the ideal sampler of fewer steps (an int) or that of the default
 #: schedule ("default"); the coarse schedule (alpha_1 = 0.3, last time 0.3) leaves about 30% of the positions to the noise removal
@@ -136,7 +127,7 @@ def test_samples_match_the_ideal_sampler_of_their_step_count(sampler_cls, steps,
     else:
         wrong = align(*ideal(model, sampler, wrong_steps), support)
     ids, _ = draw(sampler, model, steps, seed=steps)
-    check(ids, support, reference, wrong)
+    assert_fits(ids, support, reference, wrong)
 
 
 def test_block_mode_matches_the_ideal_semi_autoregressive_sampler():
@@ -147,7 +138,7 @@ def test_block_mode_matches_the_ideal_semi_autoregressive_sampler():
     wrong = align(*ideal(model, sampler, 4), support)
     ids, nfe = draw(sampler, model, 4, seed=7)
     assert nfe == 4 + 2
-    check(ids, support, reference, wrong)
+    assert_fits(ids, support, reference, wrong)
 
 
 def test_cached_sampler_is_bit_identical_with_an_input_dependent_denoiser():
