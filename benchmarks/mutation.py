@@ -259,9 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per mutant worker: --jobs of them share the cores
         names = retest(work, modules, args.retest_survivors)
-        done = subprocess.run(["mutmut", "run", "--max-children", str(args.jobs), *names], cwd=work, env=env)
-        if done.returncode != 0:  # e.g. a test that fails unmutated: mutmut says which above
-            sys.exit(f"mutmut run failed (exit {done.returncode}) in {work}; no JSON written")
+        # Named, mutmut tests only those; a second, plain run then tests the mutants it made
+        # for functions that changed since (their names did not exist before the first run).
+        for batch in ([names, []] if names else [[]]):
+            done = subprocess.run(["mutmut", "run", "--max-children", str(args.jobs), *batch], cwd=work, env=env)
+            if done.returncode != 0:  # e.g. a test that fails unmutated: mutmut says which above
+                sys.exit(f"mutmut run failed (exit {done.returncode}) in {work}; no JSON written")
     report = collect(work, modules)
     import torch
 
