@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     payload = C.envelope(SCRIPT, args, torch.device("cpu"), started)
-    payload.update({"tool": f"mutmut {_version('mutmut')}", "target_kill_rate": TARGET, "modules": report})
+    measured = {"date": started, "git_revision": payload["machine"]["git_revision"], "command": payload["command"]}
+    modules_out = merged(Path(args.json), {m: {**r, "measured": measured} for m, r in report.items()})
+    payload.update({"tool": f"mutmut {_version('mutmut')}", "target_kill_rate": TARGET, "modules": modules_out})
     C.write_json(args.json, payload)
     width = max(len(m) for m in report)
     print(f"{'module':<{width}}  mutants  killed  equiv  survived  untested  kill rate")
@@ -277,6 +279,19 @@ def main(argv: list[str] | None = None) -> None:
         rate = "-" if r["kill_rate"] is None else f"{r['kill_rate']:.1%}"
         print(f"{module:<{width}}  {r['mutants']:7d}  {r['killed']:6d}  {r['equivalent']:5d}  "
               f"{len(r['survivors']):8d}  {r['statuses'].get('not checked', 0):8d}  {rate:>9}")
+
+
+def merged(path: Path, report: dict) -> dict:
+    """``report`` over the modules of the JSON already at ``path``: a run of some modules
+    keeps the others' last measurement, each stamped with the run that made it (its date,
+    revision and command), in the order of :data:`MODULES`."""
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    stamp = {k: previous.get(k) for k in ("date", "command")} | \
+        {"git_revision": previous.get("machine", {}).get("git_revision")}
+    out = {m: {**r, "measured": r.get("measured", stamp)} for m, r in previous.get("modules", {}).items()}
+    out.update(report)
+    order = {m: i for i, m in enumerate(MODULES)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
 def _version(dist: str) -> str:
