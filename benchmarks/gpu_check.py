@@ -14,7 +14,7 @@ CPU at tiny shapes (what ``tests/test_gpu_check.py`` runs, so the script cannot 
 Sections, each independent (one that fails is recorded with its error, the others run):
 
 1. ``gpu_tests``: ``python -m pytest --run-gpu -m gpu -q`` on ``tests/`` and
-   ``plugins/*/tests``; counts and per-test outcomes from its JUnit XML.
+   ``plugins/*/tests`` (``--test-paths`` narrows it); counts and per-test outcomes from its JUnit XML.
 2. ``attention``: :func:`dlmbench.nn.attention.attention` with xformers against SDPA on
    ELF-B shapes (batch 8, 12 heads of 64, L = 1024 plus ELF's 12 prefix tokens), bf16
    and fp32: max abs differences (also against a float64 reference) and median times.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -91,6 +92,7 @@ class Plan:
     util_reps: int = 5
     util_min_seconds: float = 0.3
     run_seq_len: int = 32
+    test_paths: tuple[str, ...] | None = None  # gpu_tests collects these; None: test_dirs()
 
     @classmethod
     def make(cls, dry: bool) -> "Plan":
@@ -186,7 +188,8 @@ def junit_counts(path: Path) -> dict[str, Any]:
 
 def section_gpu_tests(plan: Plan, device, work: Path, allowed: float, out: dict[str, Any]) -> bool:
     xml = work / "gpu_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "--run-gpu", "-m", "gpu", "-q", f"--junitxml={xml}", *test_dirs()]
+    paths = plan.test_paths or test_dirs()
+    cmd = [sys.executable, "-m", "pytest", "--run-gpu", "-m", "gpu", "-q", f"--junitxml={xml}", *paths]
     run = out["run"] = run_cmd(cmd, ROOT, allowed - 5, child_env())
     if xml.exists():
         out.update(junit_counts(xml))
@@ -502,6 +505,9 @@ def main(argv: list[str] | None = None, t0: float | None = None) -> dict[str, An
     parser.add_argument("--sections", default=",".join(SECTIONS), help="subset to run (default: all)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="whole-run time guard (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--test-paths", default=None,
+                        help="gpu_tests: comma-separated test files/directories to collect instead of tests/ and "
+                             "plugins/*/tests (default: all of them)")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -510,6 +516,8 @@ def main(argv: list[str] | None = None, t0: float | None = None) -> dict[str, An
     if args.dry:
         args.device = "cpu"
     plan = Plan.make(args.dry)
+    if args.test_paths:
+        plan = dataclasses.replace(plan, test_paths=tuple(p.strip() for p in args.test_paths.split(",") if p.strip()))
     started = C.now()
     json_path = Path(args.json).resolve()
     here = os.getcwd()

@@ -233,8 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modules", default=",".join(MODULES),
                         help="comma-separated staged module paths (default: every module in scope)")
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated test paths mutmut selects from")
-    parser.add_argument("--work", default=str(ROOT / "build" / "mutation"),
-                        help="staging directory, kept between runs (default: %(default)s)")
+    parser.add_argument("--work", default="build/mutation",
+                        help="staging directory, kept between runs; relative to the repository root "
+                             "(default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=max(1, len(os.sched_getaffinity(0))),
                         help="mutants tested at once (default: the cores available)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (delete the staging directory)")
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("mutmut") is None and not args.report_only:
         sys.exit("mutmut is not installed: pip install -e '.[mutation]'")
     started = C.now()
-    work = Path(args.work)
+    work = ROOT / args.work  # an absolute --work stays as given
     if args.fresh and work.exists():
         shutil.rmtree(work)
     stage(work, modules, [t for t in args.tests.split(",") if t])

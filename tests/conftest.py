@@ -137,3 +137,31 @@ def inner_pytest():
         return int(code), reports.passed, reports.failed
 
     return call
+
+
+_DECODED: dict = {}  # ZModule.verses results of this session, by module files
+
+
+@pytest.fixture(scope="module")
+def sword_decoded_once():
+    """``ZModule.verses`` of each module decoded and cleaned once a session: the KJV alone
+    (about a second of OSIS cleaning) was read ten times across test_sword, test_sources
+    and test_text_tasks. The first call of each module runs the real method; the key is
+    the module's path, versification and files (size, mtime), so a module a test writes
+    decodes afresh; each call returns a new list, as the method does. Once requested it
+    stays on for the rest of the module."""
+    from dlmbench.tasks import sword
+
+    original = sword.ZModule.verses
+
+    def verses(self):
+        files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.source_files())
+        key = (str(self.path.resolve()), self.versification, files)
+        if key not in _DECODED:
+            _DECODED[key] = original(self)
+        return list(_DECODED[key])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sword.ZModule, "verses", verses)
+    yield
+    mp.undo()

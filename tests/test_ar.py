@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import math
 
 import pluggy
@@ -310,3 +311,79 @@ from dlmbench.testing.conformance import ModelConformance  # noqa: E402
 
 class TestARConformance(ModelConformance):
     model_name = "ar"
+
+
+# --- the token choice: top-p, temperature, precision, shapes -------------------------------
+def test_top_p_one_keeps_even_a_token_below_float64_resolution():
+    """top_p = 1 is "no truncation": a token whose mass (1e-20) vanishes next to the top
+    token's in float64 (1 + 1e-20 == 1, so the mass above it already equals the total)
+    must stay."""
+    p = torch.tensor([[1.0, 1e-20, 0.0]], dtype=torch.float64)
+    assert torch.equal(top_p_filter(p, 1.0), p)
+
+
+def test_top_p_filter_acts_on_the_last_axis_of_any_shape():
+    """Same rows as ``test_top_p_filter`` (kept sets worked by hand) as one 1-D vector and
+    inside a (2, 2, 4) batch."""
+    p = torch.tensor([0.1, 0.5, 0.15, 0.25], dtype=torch.float64)
+    assert top_p_filter(p, 0.6).tolist() == [0.0, 0.5, 0.0, 0.25]
+    q = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    batch = torch.stack([torch.stack([p, q]), torch.stack([q, p])])  # (2, 2, 4)
+    kept_p, kept_q = [0.0, 0.5, 0.0, 0.25], [0.4, 0.3, 0.0, 0.0]  # mass 0.75 and 0.7 >= 0.6
+    assert top_p_filter(batch, 0.6).tolist() == [[kept_p, kept_q], [kept_q, kept_p]]
+
+
+def test_top_p_filter_reads_unnormalised_weights_relative_to_their_total():
+    """Weights 4, 3, 2, 1 (total 10) at top_p = 0.6: 4 alone is 40% < 60%, 4 + 3 is 70%,
+    so those two stay; scaling the weights does not change the kept set."""
+    w = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    assert top_p_filter(w, 0.6).tolist() == [[4.0, 3.0, 0.0, 0.0]]
+    assert top_p_filter(w / 10, 0.6).tolist() == [[0.4, 0.3, 0.0, 0.0]]
+
+
+def _logits(rows=4096, vocab=32, seed=0):
+    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _gen(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_temperature_divides_the_logits():
+    """``softmax(logits / T)``: at T = 2 the draws are those of T = 1 on the halved logits
+    (the same generator seed gives the same exponential race)."""
+    logits = _logits()
+    hot = Ancestral(AncestralConfig(temperature=2.0)).choose(logits, _gen())
+    assert torch.equal(hot, Ancestral().choose(logits / 2, _gen()))
+    assert not torch.equal(hot, Ancestral().choose(logits, _gen()))  # power: T matters here
+
+
+def test_choice_of_bf16_logits_is_made_in_float64():
+    """A bf16 network's logits are promoted before the softmax: the draws equal those of
+    the same logits in float64 (a bf16 softmax rounds probabilities by up to 2^-9, which
+    flips a few of these 8192 races)."""
+    logits = _logits(rows=8192).to(torch.bfloat16)
+    for sampler in (Ancestral(), Ancestral(AncestralConfig(temperature=0.5, top_p=0.9))):
+        assert torch.equal(sampler.choose(logits, _gen()), sampler.choose(logits.double(), _gen()))
+
+
+@pytest.mark.parametrize("sampler", [Ancestral(), Ancestral(AncestralConfig(temperature=0.7, top_p=0.8)), Greedy()])
+def test_choice_is_per_row_over_the_last_axis(sampler):
+    """(B, T, V) logits give (B, T) tokens, each row chosen as if alone: the same draws
+    as the flattened (B T, V) rows (the race's uniforms come in the same order)."""
+    logits = _logits(rows=6 * 5, vocab=7).view(6, 5, 7)
+    out = sampler.choose(logits, _gen())
+    assert out.shape == (6, 5)
+    assert torch.equal(out, sampler.choose(logits.reshape(30, 7), _gen()).view(6, 5))
+
+
+@pytest.mark.parametrize("sampler", [Ancestral(), Greedy()])
+def test_nfe_is_exact_and_needs_the_length(sampler):
+    """AR's count is exact (one call per generated token, no early exit); before it has
+    seen a spec it cannot know the length and says so."""
+    assert sampler.exact_nfe() is True
+    fresh = type(sampler)()
+    with pytest.raises(ValueError, match=re.escape(
+            f"ar/{fresh.name} takes one NFE per generated token, independent of steps; "
+            "pass spec= (or sample once) so it knows the length")):
+        fresh.max_nfe(8)

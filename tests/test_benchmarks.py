@@ -25,14 +25,15 @@ def load(name: str):
     return module
 
 
-def run_script(name: str, *args: str, tmp_path: Path) -> dict:
-    """Run the script's ``main`` in this process (saves a torch import per script)."""
+def run_script(name: str, *args: str, tmp_path: Path, module=None) -> dict:
+    """Run the script's ``main`` in this process (saves a torch import per script);
+    ``module``: the script already loaded (and patched) by the caller."""
     out = tmp_path / f"{name}.json"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        load(name).main(["--quick", "--json", str(out), *args])
+        (module or load(name)).main(["--quick", "--json", str(out), *args])
     finally:
         os.chdir(old)
     data = json.loads(out.read_text())
@@ -72,13 +73,39 @@ def test_quality_per_compute_runs_the_cli(tmp_path):
     assert data["reference"] is not None  # the held-out data row
 
 
-def test_scaling(tmp_path):
-    data = run_script("scaling", "--models", "ar", tmp_path=tmp_path)
+def check_scaling(data: dict) -> None:
     ok = [r for r in data["results"] if "error" not in r]
     assert len(ok) == 4  # 2 lengths x (forward, train)
     assert all({"median_s", "peak_delta_bytes", "params"} <= set(r) for r in ok)
     assert {(s["phase"], s["size"]) for s in data["slopes"]} == {("forward", "tiny"), ("train", "tiny")}
     assert all(s["time_slope"] is not None for s in data["slopes"])
+
+
+def test_scaling(tmp_path):
+    """The first configuration spawns its own worker process, as every one does in a real
+    run; the other three run the same worker in this process (each worker process spends
+    seconds importing torch, a training one as long again importing torch's compiler for
+    the optimiser). ``test_scaling_every_configuration_in_its_own_process`` (slow) spawns all four."""
+    module = load("scaling")
+    real_spawn, spawned = module.spawn, []
+
+    def spawn(spec: dict, timeout: float) -> dict:
+        if not spawned:
+            spawned.append(spec)
+            return real_spawn(spec, timeout)
+        return module.worker(spec)
+
+    module.spawn = spawn
+    data = run_script("scaling", "--models", "ar", tmp_path=tmp_path, module=module)
+    check_scaling(data)
+    (first,) = spawned
+    through = [r for r in data["results"] if "process_s" in r]  # only spawn's records time the process
+    assert [(r["phase"], r["seq_len"]) for r in through] == [(first["phase"], first["seq_len"])]
+
+
+@pytest.mark.slow
+def test_scaling_every_configuration_in_its_own_process(tmp_path):
+    check_scaling(run_script("scaling", "--models", "ar", tmp_path=tmp_path))
 
 
 _BASE = {"run": "r", "task": "grammar", "task_fingerprint": "f", "budget_hash": "b", "device": "cpu", "versions": {},

@@ -4,8 +4,10 @@ the GPU-only parts must say why they were skipped."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,16 @@ SECTIONS = ["gpu_tests", "attention", "fast_path", "utilization", "torchrun"]
 MACHINE_KEYS = {"device", "cpu_model", "torch_threads", "cpu_cores_available", "versions", "git_revision"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gpu_marked_files() -> list[str]:
+    """The test files under the script's own test directories that mark a test ``gpu``:
+    ``--dry`` collects only these (collecting the whole suite took most of its 17 s; that
+    the default collects every directory is checked on its own below)."""
+    gc = load()
+    marked = re.compile(r"\bpytest\.mark\.gpu\b")
+    return sorted(str(p.relative_to(ROOT)) for d in gc.test_dirs() for p in (ROOT / d).rglob("test_*.py")
+                  if marked.search(p.read_text()))
 
 
 def load():
@@ -41,7 +53,7 @@ def dry(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
         try:
-            data = load().main(["--dry", "--json", str(out)])
+            data = load().main(["--dry", "--json", str(out), "--test-paths", ",".join(gpu_marked_files())])
         finally:
             torch.set_num_threads(threads)
         assert Path.cwd() == tmp  # the script returned to where it was started
@@ -75,6 +87,7 @@ def test_gpu_only_parts_are_skipped_with_the_reason(dry):
 def test_gpu_tests_section_ran_the_marked_tests(dry):
     r = dry["sections"]["gpu_tests"]["result"]
     assert "--run-gpu -m gpu" in r["run"]["command"] and r["run"]["returncode"] == 0
+    assert r["run"]["command"].endswith(" ".join(gpu_marked_files())) and dry["plan"]["test_paths"]
     assert r["tests"] >= 6 and r["failures"] == r["errors"] == 0 and len(r["cases"]) == r["tests"]
     names = {c["test"] for c in r["cases"]}
     assert any("test_xformers_matches_sdpa_on_cuda" in n for n in names)  # plugins/*/tests are included
@@ -121,6 +134,27 @@ def test_torchrun_section_trains_and_evaluates_through_the_cli(dry):
     assert cell["status"] == "ok" and cell["nfe"] > 0
     (model,) = r["models"]
     assert model["train_tokens"] == 8 * 16 * 5
+
+
+def test_gpu_tests_collects_every_test_directory_by_default(tmp_path, monkeypatch):
+    """Without ``--test-paths`` (as a lent GPU runs it) pytest is given ``tests`` and every
+    ``plugins/*/tests``; the command is captured instead of run."""
+    gc = load()
+    plan = gc.Plan.make(True)
+    assert plan.test_paths is None
+    seen = []
+
+    def fake_run(cmd, cwd, timeout, env=None):
+        seen.append(cmd)
+        return {"command": " ".join(cmd), "returncode": 0, "timed_out": False}
+
+    monkeypatch.setattr(gc, "run_cmd", fake_run)
+    gc.section_gpu_tests(plan, None, tmp_path, 60, {})
+    plugin_dirs = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("plugins/*/tests"))
+    assert plugin_dirs and seen[0][-1 - len(plugin_dirs):] == ["tests", *plugin_dirs]
+    narrowed = dataclasses.replace(plan, test_paths=("tests/test_fastpath.py",))
+    gc.section_gpu_tests(narrowed, None, tmp_path, 60, {})
+    assert seen[1][-1] == "tests/test_fastpath.py" and "plugins/elf/tests" not in seen[1]
 
 
 def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):

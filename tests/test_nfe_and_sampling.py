@@ -125,3 +125,50 @@ def test_to_generation_strips_the_prefix_cuts_at_eos_and_pairs_each_row_with_its
     assert gen.references == ["r0", "r1", "r2"] and gen.sources == ["s0", "s1", "s2"]
     alone = to_generation(ids, tok, 2)
     assert alone.references is None and alone.sources is None and alone.texts == gen.texts
+
+
+def test_draws_happen_on_the_device_of_the_weights():
+    """The race's uniforms are drawn where the weights live (an accelerator's weights are
+    not copied to the generator's device). The meta device stands in for an accelerator
+    on the CPU suite: it takes a CPU generator and keeps shapes and dtypes."""
+    w = torch.ones(3, 5, 4, device="meta")
+    out = sample_categorical(w, torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (3, 5) and out.dtype == torch.long
+
+
+def test_temperature_divides_the_logits():
+    """``softmax(logits / T)``: at T = 2 the draws are those of T = 1 on the halved logits
+    (the same generator seed gives the same exponential race), and not those of T = 1."""
+    logits = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hot = sample_from_logits(logits, torch.Generator().manual_seed(1), temperature=2.0)
+    assert torch.equal(hot, sample_from_logits(logits / 2, torch.Generator().manual_seed(1)))
+    assert not torch.equal(hot, sample_from_logits(logits, torch.Generator().manual_seed(1)))
+
+
+def test_bf16_logits_are_drawn_in_float64():
+    """A bf16 network's logits are promoted before the softmax: the draws equal those of the
+    same logits in float64 (a bf16 softmax rounds probabilities by up to 2^-9, which flips
+    a few of these 8192 races)."""
+    logits = torch.randn(8192, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for temperature in (1.0, 0.5):
+        a = sample_from_logits(logits, torch.Generator().manual_seed(1), temperature)
+        b = sample_from_logits(logits.double(), torch.Generator().manual_seed(1), temperature)
+        assert torch.equal(a, b)
+
+
+def test_seeds_per_micro_batch_are_fixed():
+    """``seed_for`` is part of every recorded run (the seed of micro-batch m of run seed s):
+    ``(1_000_003 s + 7_919 m) mod (2^63 - 1)``, a non-negative int64. Values worked by
+    hand; for s = 2^62, 2^63 = 1 (mod 2^63 - 1) gives 2^62 * 1_000_003 = 2^63 * 500_001 + 2^62
+    = 500_001 + 2^62."""
+    from dlmbench.sampling import seed_for
+
+    assert seed_for(0, 0) == 0
+    assert seed_for(1, 0) == 1_000_003
+    assert seed_for(0, 1) == 7_919
+    assert seed_for(3, 2) == 3_000_009 + 15_838
+    assert seed_for(2**62, 0) == 2**62 + 500_001
+    assert seed_for(2**63 - 1, 5) == 5 * 7_919  # the modulus itself is 0
+    for s, m in [(2**62, 0), (2**63 - 2, 7), (12345, 678)]:
+        assert 0 <= seed_for(s, m) < 2**63 - 1
+        torch.Generator().manual_seed(seed_for(s, m))  # a valid generator seed

@@ -80,3 +80,25 @@ def test_times_follow_the_generator_and_the_global_seed_without_one():
     c = dist.sample(8)
     torch.manual_seed(5)
     assert torch.equal(c, dist.sample(8))
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_times_are_drawn_on_the_requested_device(antithetic):
+    """The meta device stands in for an accelerator on the CPU suite: the uniforms and the
+    strata offsets must both be made there."""
+    t = StratifiedUniform(EPS, antithetic).sample(8, device="meta")
+    assert t.device.type == "meta" and t.shape == (8,)
+
+
+def test_stratified_times_wrap_at_one_like_the_reference():
+    """``_sample_t`` of ``kuleshov-group/mdlm@c112c52 diffusion.py``, recomputed verbatim:
+    ``(u / n + arange(n) / n) % 1``. With n = 2^16 the last row's float32 sum rounds up to
+    exactly 1 when u > 1 - 2^-9; seed 240 is such a draw (found by search), and the
+    reference's ``% 1`` wraps it to 0, i.e. t = eps."""
+    n = 2**16
+    t = StratifiedUniform(EPS).sample(n, generator=torch.Generator().manual_seed(240))
+    u = torch.rand(n, generator=torch.Generator().manual_seed(240))
+    offset = torch.arange(n) / n
+    assert float(u[-1] / n + offset[-1]) == 1.0  # the case this test is about
+    assert torch.equal(t, (1 - EPS) * ((u / n + offset) % 1) + EPS)
+    assert float(t[-1]) == float(torch.tensor(EPS))

@@ -74,6 +74,7 @@ needs_sword = pytest.mark.skipif(
     reason="apt-get install sword-text-kjv sword-text-sparv sword-comm-mhcc")
 
 
+@pytest.mark.usefixtures("sword_decoded_once")  # each module decoded once a session
 @needs_sword
 def test_sword_sources():
     verses = sources.BibleText("engKJV2006eb", "verse")

@@ -156,6 +156,7 @@ MHCC_DIR = Path("/usr/share/sword/modules/comments/zcom/mhcc")
 needs_kjv = pytest.mark.skipif(not KJV_DIR.is_dir(), reason=f"{KJV_DIR} absent: apt-get install sword-text-kjv")
 
 
+@pytest.mark.usefixtures("sword_decoded_once")  # each module decoded once a session
 @needs_kjv
 def test_real_kjv():
     kjv = sword.ZModule(KJV_DIR)
@@ -169,6 +170,7 @@ def test_real_kjv():
     assert sword.find_module("engkjv2006eb") == KJV_DIR.resolve()
 
 
+@pytest.mark.usefixtures("sword_decoded_once")  # each module decoded once a session
 @needs_kjv
 @pytest.mark.skipif(not (RV_DIR.is_dir() and MHCC_DIR.is_dir()),
                     reason="apt-get install sword-text-sparv sword-comm-mhcc")

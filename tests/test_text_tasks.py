@@ -221,6 +221,7 @@ RV_DIR = Path("/usr/share/sword/modules/texts/ztext/spaRV1909eb")
 MHCC_DIR = Path("/usr/share/sword/modules/comments/zcom/mhcc")
 
 
+@pytest.mark.usefixtures("sword_decoded_once")  # each module decoded once a session
 @pytest.mark.skipif(not (KJV_DIR.is_dir() and RV_DIR.is_dir() and MHCC_DIR.is_dir()),
                     reason="apt-get install sword-text-kjv sword-text-sparv sword-comm-mhcc")
 def test_kjv_tasks_on_the_real_modules(ctx):

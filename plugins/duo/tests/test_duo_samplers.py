@@ -13,6 +13,7 @@ joint it is enumerated. The ancestral sampler must then reproduce the data distr
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -172,3 +173,44 @@ def test_time_conditioning_is_fed_along_the_grid():
     grid = torch.linspace(1.0, 1e-5, 5, dtype=torch.float64)
     expected = -torch.log(1 - (1 - 1e-3) * grid)  # steps at t_0..t_3, the tail at t_4
     torch.testing.assert_close(torch.stack([s[0] for s in seen]).double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sigma_is_computed_from_the_float64_time():
+    """sigma = -log(1 - (1 - eps) t) of the float64 grid, rounded once to float32: near t = 1
+    the alpha of a float32 t cancels (1 - 0.999 t) and moves sigma by about 2e-6 relative,
+    far beyond the 6e-8 of float32 rounding that this check allows."""
+    seen = []
+
+    class Spy(IndependentDenoiser):
+        def forward(self, x, sigma):
+            seen.append(sigma.clone())
+            return super().forward(x, sigma)
+
+    steps, eps = 8, DuoConfig.from_preset("tiny").noise_eps
+    draw(DuoAncestral(), stand_in(SPEC, Spy(token_probs(SPEC))), steps, n=2)
+    times = [1.0 + i * (1e-5 - 1.0) / steps for i in range(steps)] + [1e-5]
+    expected = torch.tensor([-math.log(1 - (1 - eps) * t) for t in times], dtype=torch.float64)
+    got = torch.stack([s.double() for s in seen])  # (steps + 1, 2)
+    assert got.shape == (steps + 1, 2)
+    assert bool(((got - expected[:, None]).abs() <= 1.2e-7 * expected[:, None]).all())
+
+
+def test_the_time_is_made_on_the_device_of_the_input():
+    """The meta device stands in for an accelerator on the CPU suite: the time tensor that
+    the conditioning receives is built on the ids' device, in float64."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def conditioning(t):
+        seen["t"] = t
+        return torch.zeros_like(t, dtype=torch.float32)
+
+    def network(x, sigma):
+        return torch.zeros(*x.shape, SPEC.vocab_size, device=x.device)
+
+    model = SimpleNamespace(network=network, conditioning=conditioning)
+    x = torch.zeros(2, SPEC.seq_len, dtype=torch.long, device="meta")
+    probs = DuoAncestral()._x_theta(model, x, 0.5, 1)
+    assert probs.device.type == "meta" and probs.shape == (2, SPEC.seq_len - 1, SPEC.vocab_size)
+    assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.float64

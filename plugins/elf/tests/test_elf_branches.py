@@ -545,3 +545,59 @@ def test_every_ode_step_and_the_clamped_last_one(monkeypatch):
     x_last = net(calls[N - 1].z, calls[N - 1].sc, (N - 1) / N, w)
     torch.testing.assert_close(calls[N].z, calls[N - 1].z + 0.8 * (x_last - calls[N - 1].z), **TOL)
     assert float((calls[N].z - x_last).abs().max()) > 1e-2  # not landed: the clamp is live
+
+
+# --- NFE and the guided prediction's plumbing -----------------------------------------------
+@pytest.mark.parametrize("sampler_cls", [ODESampler, SDESampler])
+@pytest.mark.parametrize("spec", [SPEC, COND], ids=["uncond", "cond"])
+def test_nfe_is_exact_for_the_task(monkeypatch, sampler_cls, spec):
+    """N + 1 passes, or 2N + 1 with input CFG on a conditional task (prefix_len 1 here:
+    one source position is enough to guide); the count is exact given the spec."""
+    from dlmbench.nfe import count_nfe
+
+    model, _, _ = elf(spec, monkeypatch=monkeypatch)
+    sampler = sampler_cls(sampler_cls.Config(cfg_scale=2.0, grid="uniform"))
+    prefix = torch.tensor([[7], [6]]) if spec.prefix_len else None
+    with count_nfe(model) as counter:
+        sampler.sample(model, request(3, rows=2, prefix=prefix))
+    expected = 2 * 3 + 1 if spec.prefix_len else 3 + 1
+    assert sampler.exact_nfe() is True
+    assert counter.per_sample(2) == sampler.max_nfe(3, spec) == expected
+    assert sampler.max_nfe(3) == 2 * 3 + 1  # task unknown: the bound with guidance
+
+
+def test_the_guided_prediction_restores_the_source_by_default():
+    """``_x_hat``'s default is a task with a source: its positions come back clean."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(predict=lambda z, sc, t, w: SimpleNamespace(x=z + 1.0))
+    z = torch.zeros(2, L, D)
+    src_mask = (torch.arange(L) < 1).view(1, L, 1)
+    src = torch.zeros(2, L, D)
+    src[:, 0] = 5.0
+    w = torch.full((2,), 1.0)
+    for cfg in (False, True):
+        x_hat = ODESampler()._x_hat(model, z, z.clone(), 0.5, w, src_mask, src, cfg)
+        assert torch.equal(x_hat[:, :1], src[:, :1])
+        assert torch.equal(x_hat[:, 1:], torch.ones(2, L - 1, D))  # x_u = x_c = z + 1 there
+
+
+@pytest.mark.parametrize("cfg", [False, True])
+def test_the_guided_prediction_builds_its_time_on_the_latents_device(cfg):
+    """The meta device stands in for an accelerator on the CPU suite: the time tensor the
+    network gets is made where the latents are."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    def predict(z, sc, t, w):
+        seen.append(t)
+        return SimpleNamespace(x=torch.zeros_like(z))
+
+    model = SimpleNamespace(predict=predict)
+    z = torch.zeros(2, L, D, device="meta")
+    src_mask = (torch.arange(L, device="meta") < 1).view(1, L, 1)
+    w = torch.full((2,), 1.0, device="meta")
+    out = ODESampler()._x_hat(model, z, z, 0.5, w, src_mask, torch.zeros_like(z), cfg)
+    assert out.device.type == "meta"
+    assert [t.device.type for t in seen] == ["meta"] and seen[0].shape == ((4,) if cfg else (2,))

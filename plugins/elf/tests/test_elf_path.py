@@ -169,3 +169,150 @@ def test_sc_cfg_fixed_point_by_hand():
         assert torch.allclose(f_c, expected, atol=1e-9), (w_val, f_c, expected)
     # by hand for w = 3: x' = +1 -> 3*1.2 - 2*(-1.8) = 7.2 ; x' = -1 -> 3*(-2.8) + 3.6 = -4.8
     assert torch.allclose(3 * v_of + (1 - 3) * e_v, torch.tensor([7.2, -4.8], dtype=torch.float64))
+
+
+# --- dtypes, devices and the generator ------------------------------------------------------
+def test_a_0d_time_is_a_scalar_time():
+    """A 0-d tensor time broadcasts as a scalar (only ``(B,)`` times are reshaped to
+    ``(B, 1, 1)``): the denominator stays 0-d and equals that of the float time."""
+    path = FlowPath()
+    like = torch.zeros(2, 3, 4)
+    d = path.denom(torch.tensor(0.3, dtype=torch.float64), like)
+    assert d.shape == () and float(d) == pytest.approx(path.denom(0.3, like))
+    assert path.denom(torch.tensor(0.99), like).shape == ()  # clamped to t_eps, still 0-d
+    assert float(path.denom(torch.tensor(0.99), like)) == pytest.approx(0.05)
+
+
+def test_float64_times_keep_float32_latents_float32():
+    """Per-row times are cast to the latents' dtype: float64 times (a float64 grid) on
+    float32 latents give float32 z and v, equal to the float32 computation."""
+    path = FlowPath()
+    x, eps, t = _xzt()
+    x, eps = x.float(), eps.float()
+    s = path.sample(x, eps, t)  # t is float64
+    assert s.z.dtype == torch.float32 and s.v.dtype == torch.float32
+    ref = path.sample(x, eps, t.float())
+    assert torch.equal(s.z, ref.z) and torch.equal(s.v, ref.v)
+
+
+def test_churn_clips_alpha_to_one_from_above():
+    """``alpha = clip(1 - gamma (t' - t), 0, 1)`` (``_sde_step``): a step back in time
+    (t' < t) or a negative gamma would give alpha > 1; clipped, the churn is the identity
+    (z_b = z, t_b = t), as at gamma = 0."""
+    path = FlowPath(noise_scale=2.0)
+    z = torch.ones(1, 1, 1, dtype=torch.float64)
+    e = torch.full_like(z, -0.25)
+    for t, t_next, gamma in [(0.6, 0.4, 1.5), (0.4, 0.6, -1.5)]:  # 1 - gamma (t' - t) = 1.3
+        z_b, t_b = path.churn(z, t, t_next, gamma, e)
+        assert t_b == t and torch.equal(z_b, z)
+
+
+def _float32_representable(x: torch.Tensor) -> torch.Tensor:
+    return x.float().double() == x
+
+
+def test_normals_are_float64_draws_when_float64_is_asked():
+    """``_normal`` in float64, with or without a generator: a float32 draw widened to
+    float64 would be exactly float32-representable, a float64 draw almost never is."""
+    from dlmbench_elf.path import _normal
+
+    for g in (None, torch.Generator().manual_seed(0)):
+        n = _normal((512,), g, "cpu", torch.float64)
+        assert n.dtype == torch.float64
+        assert float(_float32_representable(n).double().mean()) < 0.01
+
+
+def test_logit_normal_in_float64_has_float64_resolution():
+    """Without a generator the normals are drawn in the requested dtype: float64 times are
+    not float32 values widened."""
+    t = LogitNormal(-1.5, 0.8).sample((512,), None, "cpu", torch.float64)
+    assert t.dtype == torch.float64
+    assert float(_float32_representable(t).double().mean()) < 0.01
+
+
+def test_logit_normal_with_a_generator_rounds_the_float64_sample_once():
+    """With a generator the work is in float64 whatever dtype is asked (the same times on
+    every device and dtype), so a float32 sample is the float64 sample rounded once; a
+    float32 sigmoid of float32 normals is off by an ulp on many of these 4096."""
+    d = LogitNormal(-1.5, 0.8)
+    t32 = d.sample((4096,), torch.Generator().manual_seed(3), "cpu", torch.float32)
+    t64 = d.sample((4096,), torch.Generator().manual_seed(3), "cpu", torch.float64)
+    assert t32.dtype == torch.float32 and t64.dtype == torch.float64
+    assert torch.equal(t32, t64.float())
+
+
+def test_logit_normal_without_a_generator_is_the_global_float32_draw():
+    """Training draws its times from torch's global RNG in float32, like the reference's
+    ``torch.randn``: reseeding reproduces them as ``sigmoid(mean + std N)`` of float32 normals."""
+    d = LogitNormal(-1.5, 0.8)
+    torch.manual_seed(7)
+    t = d.sample((4096,))
+    torch.manual_seed(7)
+    n = torch.randn(4096)
+    assert t.dtype == torch.float32
+    assert torch.equal(t, torch.sigmoid(n * 0.8 - 1.5))
+
+
+def _uniforms_of(w: torch.Tensor, lo: float = 0.5, hi: float = 5.0) -> torch.Tensor:
+    """Inverts ``w = a (b / a)^u - 1`` (a = 1 + lo, b = 1 + hi) for the uniform u."""
+    return (torch.log1p(w.double()) - math.log1p(lo)) / math.log((1 + hi) / (1 + lo))
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_guidance_scales_in_float64_come_from_float64_uniforms(seeded):
+    """Torch's float32 uniforms are multiples of 2^-24; the uniforms behind float64 scales
+    (recovered by inverting the log-uniform map, to about 1e-15) almost never are."""
+    g = torch.Generator().manual_seed(0) if seeded else None
+    w = LogUniformScale().sample(2048, g, "cpu", torch.float64)
+    assert w.dtype == torch.float64
+    k = _uniforms_of(w) * 2**24
+    off_grid = (k - k.round()).abs() > 1e-4
+    assert float(off_grid.double().mean()) > 0.9
+
+
+def test_guidance_scales_follow_the_generator_in_the_requested_dtype():
+    """A seeded generator fixes the scales whatever the global RNG does; float32 is the
+    default dtype."""
+    torch.manual_seed(0)
+    a = LogUniformScale().sample(64, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    b = LogUniformScale().sample(64, torch.Generator().manual_seed(5))
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_draws_land_on_the_requested_device(seeded):
+    """The meta device stands in for an accelerator on the CPU suite (it accepts a CPU
+    generator): every draw must end on the device asked for."""
+    from dlmbench_elf.path import _normal
+
+    g = (lambda: torch.Generator().manual_seed(0)) if seeded else (lambda: None)
+    assert _normal((2, 3), g(), "meta", torch.float32).device.type == "meta"
+    assert LogitNormal(-1.5, 0.8).sample((5,), g(), "meta").device.type == "meta"
+    assert LogUniformScale().sample(5, g(), "meta").device.type == "meta"
+
+
+def test_time_grid_defaults_to_the_training_time_distribution():
+    """The default logit-normal grid draws from the training t distribution (-1.5, 0.8) of
+    every ``src/configs/training_configs/*.yml`` of lillian039/ELF@b29d883."""
+    grid = time_grid(6, "logit-normal", torch.Generator().manual_seed(2))
+    same = time_grid(6, "logit-normal", torch.Generator().manual_seed(2), -1.5, 0.8)
+    assert torch.equal(grid, same)
+    assert not torch.equal(grid, time_grid(6, "logit-normal", torch.Generator().manual_seed(2), -1.5, 1.8))
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_time_grid_has_float64_resolution(seeded):
+    """The inner times are float64 draws, not float32 values widened to float64."""
+    g = torch.Generator().manual_seed(0) if seeded else None
+    grid = time_grid(513, "logit-normal", g)
+    inner = grid[1:-1]
+    assert grid.dtype == torch.float64
+    assert float(_float32_representable(inner).double().mean()) < 0.01
+
+
+def test_time_grid_errors_name_the_problem():
+    with pytest.raises(ValueError, match="ELF needs steps >= 1, got 0"):
+        time_grid(0, "uniform", None)
+    with pytest.raises(ValueError, match="unknown ELF time grid 'cosine'"):
+        time_grid(4, "cosine", None)

@@ -32,14 +32,21 @@ def corpus(rows: int = 512, seed: int = 0) -> torch.Tensor:
     return 5 + (start + torch.arange(SPEC.seq_len)) % 15
 
 
+#: optimiser steps and the window averaged at each end: 100 steps take the loss to about
+#: 0.53x its first 20 steps' mean (300 steps' 30-step windows: 0.43x); with the denoiser's
+#: noisy input zeroed in every call (it can then only learn the mean) 0.70x (300: 0.80x),
+#: zeroed in the gradient pass alone 0.93x
+STEPS, WINDOW = 100, 20
+
+
 def test_loss_falls_under_fit():
     model = model_for(SPEC, lr=2e-3, warmup_steps=20)
-    report = fit(model, corpus(), batch_size=32, steps=300, seed=0)
+    report = fit(model, corpus(), batch_size=32, steps=STEPS, seed=0)
     losses = torch.tensor(report.losses)
     assert torch.isfinite(losses).all()
-    first, last = float(losses[:30].mean()), float(losses[-30:].mean())
+    first, last = float(losses[:WINDOW].mean()), float(losses[-WINDOW:].mean())
     assert last < 0.6 * first, (first, last)
-    assert report.tokens == 32 * SPEC.seq_len * 300
+    assert report.tokens == 32 * SPEC.seq_len * STEPS
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch>=2.9")

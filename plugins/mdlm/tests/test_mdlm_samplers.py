@@ -11,6 +11,8 @@ steps, a hostile denoiser and the cache are in ``test_mdlm_exact.py``.
 from __future__ import annotations
 
 import itertools
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -191,3 +193,131 @@ def test_seeded_output_is_deterministic():
     b, _ = draw(MDLMDDPMCache(), model, 8, n=16, seed=11)
     c, _ = draw(MDLMDDPMCache(), model, 8, n=16, seed=12)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- blocks, step split, NFE bound -------------------------------------------------------
+def test_block_bounds_tile_the_target_left_to_right():
+    """Blocks are contiguous, cover exactly [prefix_len, seq_len), and differ in size by at
+    most one (the code's ``sample_subs_guidance`` cuts the target into equal strides)."""
+    from dlmbench_mdlm.samplers import block_bounds
+
+    assert block_bounds(0, 6, 2) == [(0, 3), (3, 6)]
+    # span 7 in three: edges 2 + floor(7 i / 3) = 2, 4, 6, 9 (worked by hand)
+    assert block_bounds(2, 9, 3) == [(2, 4), (4, 6), (6, 9)]
+    assert block_bounds(2, 6, 4) == [(2, 3), (3, 4), (4, 5), (5, 6)]  # one position each
+    with pytest.raises(ConfigError, match="num_blocks=5 exceeds the 4 generated positions"):
+        block_bounds(2, 6, 5)
+
+
+def test_split_steps_gives_the_remainder_to_the_first_blocks():
+    """Each block gets floor(steps / blocks) steps and the first ``steps mod blocks`` one
+    more, so the shares add up to ``steps`` (the NFE bound ``steps + num_blocks``)."""
+    from dlmbench_mdlm.samplers import split_steps
+
+    assert split_steps(5, 2) == [3, 2]
+    assert split_steps(7, 3) == [3, 2, 2]
+    assert split_steps(8, 3) == [3, 3, 2]
+    assert split_steps(6, 3) == [2, 2, 2]
+    with pytest.raises(ConfigError, match="steps=1 is fewer than num_blocks=2; give each block a step"):
+        split_steps(1, 2)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_without_noise_removal_the_nfe_is_the_step_count(num_blocks):
+    """``noise_removal=False`` drops the final argmax call of each block: NFE = steps."""
+    probs = token_probs(SPEC)
+    model = stand_in(SPEC, IndependentDenoiser(probs))
+    sampler = MDLMDDPM(MDLMDDPM.Config(num_blocks=num_blocks, noise_removal=False))
+    _, nfe = draw(sampler, model, 5, n=4)
+    assert nfe == sampler.max_nfe(5) == 5
+    with_removal = MDLMDDPM(MDLMDDPM.Config(num_blocks=num_blocks))
+    assert with_removal.max_nfe(5) == 5 + num_blocks
+
+
+def test_batch_cache_scope_evaluates_the_whole_batch_when_any_row_changed():
+    """``cache_scope="batch"`` is the code's rule (``_ddpm_caching_update``): the cache is
+    all or nothing, so every network call sees all rows; the per-sequence default calls the
+    network on the changed rows only (shown here, so the check has power)."""
+    n, steps = 8, 32
+    calls = {}
+    for scope in ("batch", "sequence"):
+        net = IndependentDenoiser(token_probs(SPEC), record=True)
+        model = stand_in(SPEC, net)
+        _, nfe = draw(MDLMDDPMCache(MDLMDDPMCache.Config(cache_scope=scope)), model, steps, n=n)
+        calls[scope] = [x.shape[0] for x in net.inputs]
+        assert nfe == sum(calls[scope]) / n
+    assert all(rows == n for rows in calls["batch"])
+    assert any(rows < n for rows in calls["sequence"])
+
+
+class Float64OutputNet(nn.Module):
+    """Returns the same float64 logits tensor at every call (a network may hand out its own
+    buffer): the sampler must add its mask bias to a copy, never into this tensor."""
+
+    def __init__(self, probs: torch.Tensor, n: int):
+        super().__init__()
+        logits = probs.clamp_min(1e-30).log().double()
+        logits[:, SPEC.mask_id] = logits.max() + MASK_LEAD
+        self.register_buffer("out", logits.expand(n, -1, -1).clone())
+
+    def forward(self, x, sigma):
+        return self.out[: x.shape[0]]  # a view of the buffer (the cache asks for fewer rows)
+
+
+@pytest.mark.parametrize("sampler_cls", [MDLMDDPM, MDLMDDPMCache])
+def test_the_network_output_is_never_written_into(sampler_cls):
+    n = 16
+    net = Float64OutputNet(token_probs(SPEC), n)
+    before = net.out.clone()
+    ids, _ = draw(sampler_cls(), stand_in(SPEC, net), 4, n=n)
+    assert torch.equal(net.out, before)
+    assert not bool((ids == SPEC.mask_id).any())
+
+
+class SigmaRecorder(IndependentDenoiser):
+    def __init__(self, probs: torch.Tensor):
+        super().__init__(probs)
+        self.sigmas: list[torch.Tensor] = []
+
+    def forward(self, x, sigma):
+        self.sigmas.append(sigma.clone())
+        return super().forward(x, sigma)
+
+
+def test_a_time_conditioned_network_gets_sigma_of_the_float64_grid():
+    """sigma(t) = -log(1 - (1 - eps) t) of the float64 grid ``linspace(1, final_t, steps + 1)``,
+    rounded once to float32: at t near 1 a float32 t loses about 1e-5 of sigma (1 - (1 - eps) t
+    cancels), far beyond the float32 rounding of sigma itself (6e-8 relative)."""
+    steps, eps, final_t = 8, MDLMConfig.from_preset("tiny").noise_eps, 1e-5
+    net = SigmaRecorder(token_probs(SPEC))
+    draw(MDLMDDPM(), stand_in(SPEC, net, time_conditioning=True), steps, n=3)
+    times = [1.0 + i * (final_t - 1.0) / steps for i in range(steps)] + [final_t]  # + noise removal
+    expected = torch.tensor([-math.log1p(-(1 - eps) * t) for t in times], dtype=torch.float64)
+    got = torch.stack([s.double() for s in net.sigmas])  # (calls, n)
+    assert got.shape == (steps + 1, 3)
+    assert bool(((got - expected[:, None]).abs() <= 1.2e-7 * expected[:, None]).all())
+
+
+def test_the_denoiser_works_on_the_device_of_its_input():
+    """The time tensor and the SUBS mask bias are built on the input's device (a CPU bias
+    added in place into CUDA logits raises). The meta device stands in for an accelerator
+    on the CPU suite; its in-place add accepts a CPU operand, hence the check of the bias."""
+    from dlmbench_mdlm.samplers import _Denoiser
+
+    seen = {}
+
+    def conditioning(t):
+        seen["t"] = t
+        return torch.zeros_like(t, dtype=torch.float32)
+
+    def network(x, sigma):
+        return torch.zeros(*x.shape, SPEC.vocab_size, device=x.device)
+
+    model = SimpleNamespace(config=SimpleNamespace(time_conditioning=False), spec=SPEC,
+                            network=network, conditioning=conditioning)
+    denoise = _Denoiser(model, cache=False)
+    x = torch.zeros(2, SPEC.seq_len, dtype=torch.long, device="meta")
+    out = denoise(x, 0.5)
+    assert out.device.type == "meta" and out.shape == (2, SPEC.seq_len, SPEC.vocab_size)
+    assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.float64
+    assert denoise.bias.device.type == "meta"
