@@ -165,3 +165,12 @@ def sword_decoded_once():
     mp.setattr(sword.ZModule, "verses", verses)
     yield
     mp.undo()
+
+
+def pytest_configure(config):
+    """One torch thread per xdist worker: the README's test command runs a worker per core,
+    and two threads each would oversubscribe the machine."""
+    if hasattr(config, "workerinput"):
+        import torch
+
+        torch.set_num_threads(1)
