@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     work = ROOT / args.work  # an absolute --work stays as given
     if args.fresh and work.exists():
         shutil.rmtree(work)
-    stage(work, modules, [t for t in args.tests.split(",") if t])
-    if not args.report_only:
+    if not args.report_only:  # a report only reads: staging would pull the tests out from under a running mutmut
+        stage(work, modules, [t for t in args.tests.split(",") if t])
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per mutant worker: --jobs of them share the cores
         names = retest(work, modules, args.retest_survivors)
         # Named, mutmut tests only those; a second, plain run then tests the mutants it made

@@ -47,3 +47,19 @@ def test_a_stamped_module_keeps_its_own_stamp_and_a_first_run_starts_empty(tmp_p
     out = m.merged(path, {second: {"kill_rate": 1.0}})
     assert out[first]["measured"] == old  # measured by an earlier run than the file's last
     assert m.merged(tmp_path / "absent.json", {second: {"kill_rate": 1.0}}) == {second: {"kill_rate": 1.0}}
+
+
+def test_a_report_only_reads_the_staging_directory_and_changes_nothing(tmp_path, monkeypatch):
+    """A report taken while mutmut runs must not re-stage: staging deletes mutmut's copies
+    of the test folders, and every later mutant then fails for want of its tests."""
+    m = mutation_script()
+    copy = tmp_path / "mutants" / "plugins" / "elf" / "tests" / "test_x.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("def test_x(): pass\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    module = m.MODULES[0]
+    monkeypatch.setattr(m, "collect", lambda work, modules: {module: {
+        "mutants": 0, "killed": 0, "equivalent": 0, "survivors": [], "statuses": {}, "kill_rate": None}})
+    m.main(["--report-only", "--work", str(tmp_path), "--modules", module, "--json", str(tmp_path / "out.json")])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [*before, Path("out.json")]
+    assert copy.read_text() == "def test_x(): pass\n"

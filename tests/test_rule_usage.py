@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dlmbench.data import Generation
-from dlmbench.metrics.oracle import RuleKL
+from dlmbench.metrics.oracle import RuleKL, RuleKLConfig
 from dlmbench.tasks import english
 from dlmbench.tasks.pcfg import PCFG, GrammarOracle
 from dlmbench.tasks.rule_usage import RuleUsage, usage_kl
@@ -148,6 +148,12 @@ class _Task:
         self.spec = _Spec()
 
 
+def kl_by_hand(counts, expected):
+    """``sum_r q_r log(q_r / p_r)`` over the rules the samples use, both sides normalised."""
+    q, p = counts / counts.sum(), expected / expected.sum()
+    return float(sum(qi * math.log(qi / pi) for qi, pi in zip(q, p) if qi > 0))
+
+
 def _generation(task, sentences, width):
     index = {w: i for i, w in enumerate(task.tokenizer.vocab)}
     rows = [[index[w] for w in s] + [0] * (width - len(s)) for s in sentences]
@@ -161,9 +167,7 @@ def test_rule_kl_is_the_kl_of_the_enumerated_posteriors(ambiguous, brute):
     sentences = [("a",), ("a", "b"), ("a", "a", "b"), ("a",), ("b", "a", "b")]
     sentences = [s for s in sentences if s in posterior]
     assert len(sentences) == 5
-    q = sum(posterior[s] for s in sentences)
-    q, p = q / q.sum(), expected / expected.sum()
-    by_hand = float(sum(qi * math.log(qi / pi) for qi, pi in zip(q, p) if qi > 0))
+    by_hand = kl_by_hand(sum(posterior[s] for s in sentences), expected)
     # the last sample never ends (no EOS in its window): not a sentence, not counted
     value = RuleKL().compute(_generation(task, sentences + [("a",) * (MAX_LEN + 1)], MAX_LEN + 1), task)
     assert value.value == pytest.approx(by_hand, rel=1e-9)
@@ -183,3 +187,64 @@ def test_rule_kl_separates_the_data_from_a_collapsed_model():
     assert collapsed.value - fair.value > 3 * (collapsed.stderr + fair.stderr)
     none = RuleKL().compute(_generation(task, [("dog", "the")], 16), task)
     assert math.isnan(none.value) and none.n == 0 and "0 of 1 accepted" in none.undefined
+
+
+def bootstrap_by_hand(counts, expected, resamples):
+    """The rule-kl bootstrap written out: ``resamples`` draws of n samples with replacement
+    (numpy's generator seeded 0, so the number is reproducible), the KL of each draw, and
+    the sample standard deviation (n - 1) of those KLs."""
+    rng = np.random.default_rng(0)
+    kls = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(counts), len(counts))
+        kls.append(kl_by_hand(sum(counts[i] for i in pick), expected))
+    mean = sum(kls) / resamples
+    return math.sqrt(sum((k - mean) ** 2 for k in kls) / (resamples - 1))
+
+
+def test_rule_kl_counts_only_sentences_within_the_cap_and_bootstraps_its_stderr(ambiguous, brute):
+    """Only ended sentences of the grammar within the length cap are counted (an empty
+    sentence, a word outside the grammar and a sentence one word too long are not), the
+    value is the KL of their enumerated posteriors, the stderr the seeded bootstrap's spread,
+    and details say what it rests on. Catches counting a rejected sample, a bootstrap with
+    another seed, draw range or ddof, and a renamed or miscounted detail."""
+    expected, posterior = brute
+    task = _Task(ambiguous, MAX_LEN)
+    task.tokenizer = _Tokenizer(list(ambiguous.terminals) + ["c"])  # "c": not in the grammar
+    rejected = [(), ("a", "c"), ("a",) * (MAX_LEN + 1)]
+    assert ambiguous.accepts(rejected[2])  # a sentence, but longer than the task keeps
+    kept = [("a", "b"), ("b",), ("a", "a", "b"), ("b", "a", "b", "a"), ("a",)]
+    gen = _generation(task, rejected + kept, MAX_LEN + 2)
+    counts = [posterior[s] for s in kept]
+    value = RuleKL(RuleKLConfig(bootstrap=40)).compute(gen, task)
+    assert value.value == pytest.approx(kl_by_hand(sum(counts), expected), rel=1e-9)
+    assert value.stderr == pytest.approx(bootstrap_by_hand(counts, expected, 40), rel=1e-9)
+    assert value.n == 5 and value.undefined is None
+    assert value.details == {"samples": 8, "accepted": 5, "rules": len(ambiguous.rules),
+                             "max_words": MAX_LEN, "n": 5}
+    # no resamples: no stderr; two samples: a bootstrap of two
+    plain = RuleKL(RuleKLConfig(bootstrap=0)).compute(gen, task)
+    assert plain.stderr is None and plain.value == value.value
+    two = RuleKL(RuleKLConfig(bootstrap=40)).compute(_generation(task, kept[:2], MAX_LEN + 2), task)
+    assert two.stderr == pytest.approx(bootstrap_by_hand(counts[:2], expected, 40), rel=1e-9)
+
+
+def test_rule_kl_of_one_or_no_sentence(ambiguous, brute):
+    """One accepted sentence has a value but no stderr (a bootstrap of one sample has no
+    spread to estimate); none is NaN with n = 0, the reason and the same details; a
+    conditional task is refused by name. Catches a stderr for n = 1, a changed empty-case
+    value, count, reason or detail, and an anonymous refusal."""
+    expected, posterior = brute
+    task = _Task(ambiguous, MAX_LEN)
+    one = RuleKL().compute(_generation(task, [("a", "b"), ()], 3), task)
+    assert one.value == pytest.approx(kl_by_hand(posterior[("a", "b")], expected), rel=1e-9)
+    assert one.stderr is None and one.n == 1
+    none = RuleKL().compute(_generation(task, [(), ()], 3), task)
+    assert math.isnan(none.value) and none.stderr is None and none.n == 0
+    assert none.undefined == "no grammatical sample (0 of 2 accepted)"
+    assert none.details == {"samples": 2, "accepted": 0, "rules": len(ambiguous.rules),
+                            "max_words": MAX_LEN, "n": 0}
+    task.spec = type("Conditional", (_Spec,), {"conditional": True})()
+    assert not RuleKL().applies_to(task)
+    with pytest.raises(AssertionError, match="rule-kl needs the"):
+        RuleKL().compute(_generation(task, [("a",)], 2), task)

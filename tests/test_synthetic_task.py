@@ -305,6 +305,64 @@ def test_oracle_nll_all_scores_every_sample_by_hand(capped_task):
     assert math.isnan(none.value) and none.n == 0 and none.undefined == "no grammatical sample (0 of 2 accepted)"
 
 
+def test_oracle_nll_skips_every_rejected_sample_and_pools_by_the_delta_method(capped_task):
+    """Rejected samples (ungrammatical, empty, never ending) are skipped wherever they sit,
+    the value is the pooled NLL per token (words + EOS) of the accepted ones, its stderr the
+    delta-method one of a ratio of sums, and details name each count. Catches stopping at
+    the first rejected sample, another token count, a lost or renamed detail, and a stderr
+    that is not the ratio's."""
+    task, tok = capped_task, capped_task.tokenizer
+    grammar, log_p_fit = english.english_grammar(), task.oracle.log_p_fit
+    eos, the = 3, tok.encode("the")[0]
+    texts = ["the dog sleep", "the dog sleeps", "", "dogs chase the cats", "the cats sleep",
+             "a cat sees the dog"]
+    rows = torch.tensor([(tok.encode(t) if t else []) + [eos] * (16 - len(t.split())) for t in texts]
+                        + [[the] * 16])  # the last sample never ends
+    accepted = [texts[i].split() for i in (1, 3, 4, 5)]
+    nll = [-grammar.log_prob(tuple(w)) + log_p_fit for w in accepted]
+    tokens = [len(w) + 1 for w in accepted]
+    n, ratio = len(nll), sum(nll) / sum(tokens)
+    resid = [a - ratio * b for a, b in zip(nll, tokens)]
+    delta = math.sqrt(sum(r * r for r in resid) / (n - 1) / n) / (sum(tokens) / n)
+    mean = sum(nll) / n
+    value = OracleNLL().compute(generation_from_rows(rows, task), task)
+    assert value.value == pytest.approx(ratio, rel=1e-12) and value.n == 4
+    assert value.stderr == pytest.approx(delta, rel=1e-9)
+    assert value.details.pop("nll_per_sentence") == pytest.approx(mean, rel=1e-12)
+    assert value.details.pop("nll_per_sentence_stderr") == pytest.approx(
+        math.sqrt(sum((a - mean) ** 2 for a in nll) / (n - 1) / n), rel=1e-9)
+    assert value.details == {"samples": 7, "accepted": 4, "max_words": task.oracle.max_len, "n": 4,
+                             "tokens": sum(tokens)}
+
+
+def test_oracle_nll_of_no_grammatical_sample_is_undefined_and_says_why(capped_task):
+    """No accepted sample: NaN, no stderr, n = 0, the reason, and the same details; a task
+    without a grammar is refused by name. Catches a changed value, count, reason or detail
+    of the empty case, and an anonymous refusal."""
+    tok = capped_task.tokenizer
+    rows = torch.tensor([(tok.encode("the dog sleep") + [3] * 16)[:16], [3] * 16])
+    value = OracleNLL().compute(generation_from_rows(rows, capped_task), capped_task)
+    assert math.isnan(value.value) and value.stderr is None and value.n == 0
+    assert value.undefined == "no grammatical sample (0 of 2 accepted)"
+    assert value.details == {"samples": 2, "accepted": 0, "max_words": capped_task.oracle.max_len, "n": 0}
+    translate = small(GrammarTranslateTask).load(seq_len=24, num_eval=4, seed=0)
+    with pytest.raises(AssertionError, match="oracle-nll needs the"):
+        OracleNLL().compute(generation_from_rows(rows, capped_task), translate)
+
+
+def test_grammar_accept_details_and_refusal(capped_task):
+    """grammar-accept reports how many samples never ended and the length cap it judged
+    with; a task without a grammar is refused by name. Catches a lost or emptied detail and
+    an anonymous refusal."""
+    tok = capped_task.tokenizer
+    rows = torch.tensor([(tok.encode("the dog sleeps") + [3] * 16)[:16], [tok.encode("the")[0]] * 16])
+    value = GrammarAccept().compute(generation_from_rows(rows, capped_task), capped_task)
+    assert value.value == 0.5 and value.details == {"n": 2, "no_eos": 1, "max_words": capped_task.oracle.max_len}
+    translate = small(GrammarTranslateTask).load(seq_len=24, num_eval=4, seed=0)
+    with pytest.raises(AssertionError, match="grammar-accept needs the"):
+        GrammarAccept().compute(generation_from_rows(rows, capped_task), translate)
+
+
 def test_data_scores_near_the_entropy_rate_on_every_quality_metric(capped_task):
     gen = generation_from_rows(capped_task.valid[:1000], capped_task)
     rate = capped_task.oracle.entropy_rate()
@@ -364,7 +422,7 @@ def test_oracle_nll_all_of_no_samples_is_undefined_and_says_why(capped_task):
 
 def test_metrics_apply_only_where_they_can(capped_task):
     translate = small(GrammarTranslateTask).load(seq_len=24, num_eval=4, seed=0)
-    for metric in (OracleNLL(), GrammarAccept()):
+    for metric in (OracleNLL(), OracleNLLAll(), GrammarAccept(), RuleKL()):
         assert metric.applies_to(capped_task) and not metric.applies_to(translate)
     assert ExactMatch().applies_to(translate) and not ExactMatch().applies_to(capped_task)
 

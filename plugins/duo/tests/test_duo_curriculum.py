@@ -27,7 +27,7 @@ class Recorder(nn.Module):
     def forward(self, x, sigma):
         self.calls.append((x.detach().clone(), sigma.detach().clone()))
         B, L = x.shape[:2]
-        return self.scale * torch.zeros(B, L, self.vocab_size)
+        return self.scale * torch.zeros(B, L, self.vocab_size, device=x.device)
 
 
 def recorded(spec: DataSpec = SPEC, **options) -> Duo:
@@ -89,8 +89,37 @@ def test_curriculum_fraction_follows_fit():
     fit(model, tokens(rows=64), batch_size=8, steps=6)
     assert [x.dim() for x, _ in model.backbone.calls] == [3, 3, 3, 2, 2, 2]
     lonely = recorded(curriculum_fraction=0.5).train()
-    with pytest.raises(ConfigError, match="curriculum_fraction"):
+    with pytest.raises(ConfigError, match=r"^duo: curriculum_fraction needs the number of training steps; train with "
+                       r"dlmbench\.training\.fit \(or call model\.on_fit_start\(steps\)\), or set curriculum_steps$"):
         lonely.loss(Batch(tokens()))
+
+
+def test_curriculum_terms_are_zero_off_the_scored_positions():
+    """Only scored positions carry a term (here: the target narrowed by a loss mask); the data
+    need not use the last token of the vocabulary (the one-hot is K wide, not max + 1)."""
+    spec = DataSpec(vocab_size=12, seq_len=8, pad_id=0, bos_id=2, eos_id=3, mask_id=4, prefix_len=2)
+    model = recorded(spec, curriculum_steps=1).train()
+    x0 = torch.randint(5, 10, (16, 8), generator=torch.Generator().manual_seed(1))  # no token 10 or 11
+    loss_mask = torch.zeros_like(x0, dtype=torch.bool)
+    loss_mask[:, 3:6] = True
+    per_token, scored = model._curriculum_terms(Batch(x0, loss_mask))
+    assert per_token.shape == (16, 8) and torch.equal(scored, loss_mask)
+    assert bool((per_token[scored] != 0).all())  # the uniform stand-in is no perfect denoiser
+    assert torch.equal(per_token[~scored], torch.zeros(int((~scored).sum())))
+
+
+def test_every_tensor_of_the_curriculum_loss_is_made_on_the_data_device():
+    """The meta device stands in for an accelerator on the CPU suite: with torch's default
+    device set to meta, CPU data still gives the CPU result, so the times and the Gaussian
+    latents are made on the data's device, none on the default one."""
+    model = recorded(curriculum_steps=1).train()
+    x0 = tokens(rows=4)
+    torch.manual_seed(2)
+    expected, _ = model._curriculum_terms(Batch(x0))
+    torch.manual_seed(2)
+    with torch.device("meta"):
+        per_token, _ = model._curriculum_terms(Batch(x0))
+    assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
 
 
 def test_curriculum_settings_are_validated():

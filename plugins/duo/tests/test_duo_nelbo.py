@@ -131,3 +131,108 @@ def test_loss_is_the_mean_over_scored_positions_and_prefix_is_clean():
     assert not bool(scored[:, :2].any()) and float(per_token[:, :2].abs().sum()) == 0
     torch.manual_seed(0)
     torch.testing.assert_close(model.loss(Batch(x0)), per_token.sum() / scored.sum())
+
+
+def test_rb_integrand_keeps_the_dtype_of_the_log_probs():
+    """alpha_t and its derivative are cast to the dtype of the log-probabilities first: float64
+    times with float32 log-probs give float32 terms, the same as float32 times would."""
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randint(0, 5, (2, 7), generator=g)
+    xt = torch.where(torch.rand(2, 7, generator=g) < 0.5, x0, torch.randint(0, 5, (2, 7), generator=g))
+    log_x = torch.log_softmax(torch.randn(2, 7, 5, generator=g), -1)
+    a = torch.rand(2, 1, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    da = torch.full_like(a, -(1 - EPS))
+    out = rb_nelbo_per_token(log_x, xt, x0, a, da)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, rb_nelbo_per_token(log_x, xt, x0, a.float(), da.float()))
+
+
+class FixedTimes:
+    """Stands in for the model's time distribution: the given per-row times."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    def sample(self, n: int, device=None) -> torch.Tensor:
+        return self.t[:n].to(device)
+
+
+class InputRecorder(TimeDenoiser):
+    def __init__(self):
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x, sigma):
+        self.inputs.append(x.clone())
+        return super().forward(x, sigma)
+
+
+def test_a_token_is_resampled_iff_its_draw_is_below_one_minus_alpha():
+    """The forward process resamples position l iff u_l < 1 - alpha_t (u: the ``torch.rand``
+    draw, then ``torch.randint`` gives the new token), which has probability exactly
+    1 - alpha_t on the float32 grid of u (``<=`` would add 2^-24). With eps = 0,
+    1 - alpha_t = t exactly for t on that grid; with t = u_0 per row, position 0 keeps its
+    token and z_t is the independently rebuilt where(u < u_0, new, x)."""
+    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    model = Duo(DuoConfig.from_preset("tiny", noise_eps=0.0), spec)
+    model.backbone = InputRecorder()
+    torch.manual_seed(7)
+    u, new = torch.rand(64, 6), torch.randint(0, K, (64, 6))  # the draws, in _exact_terms' order
+    assert bool((u[:, 0] > 0).all())
+    x0 = (new + 1) % K  # every resampled position changes
+    model.time_dist = FixedTimes(u[:, 0])
+    torch.manual_seed(7)
+    model._exact_terms(Batch(x0))
+    assert torch.equal(model.backbone.inputs[-1], torch.where(u < u[:, :1], new, x0))
+
+
+def test_loss_of_a_single_scored_position_is_its_term():
+    """One scored position: the loss is its RB term divided by one position."""
+    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    model = Duo(DuoConfig.from_preset("tiny"), spec)
+    model.backbone = TimeDenoiser()
+    x0 = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(8))
+    one = torch.zeros_like(x0, dtype=torch.bool)
+    one[5, 3] = True
+    torch.manual_seed(9)
+    per_token, scored = model._exact_terms(Batch(x0, one))
+    assert int(scored.sum()) == 1 and float(per_token[5, 3]) > 0
+    torch.manual_seed(9)
+    torch.testing.assert_close(model.loss(Batch(x0, one)), per_token[5, 3], rtol=0, atol=0)
+
+
+def test_every_tensor_of_the_exact_loss_is_made_on_the_data_device():
+    """The meta device stands in for an accelerator on the CPU suite: with torch's default
+    device set to meta, CPU data still gives the CPU result, so the times and the
+    resampling draws are all made on the data's device, none on the default one."""
+    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    model = Duo(DuoConfig.from_preset("tiny"), spec)
+    model.backbone = TimeDenoiser()
+    x0 = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(10))
+    torch.manual_seed(11)
+    expected, _ = model._exact_terms(Batch(x0))
+    torch.manual_seed(11)
+    with torch.device("meta"):
+        per_token, _ = model._exact_terms(Batch(x0))
+    assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
+
+
+def test_without_time_conditioning_sigma_is_float32_zeros():
+    """time_conditioning=False feeds sigma = 0 in float32 whatever the dtype of alpha."""
+    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    model = Duo(DuoConfig.from_preset("tiny", time_conditioning=False), spec)
+    alpha = torch.tensor([0.25, 0.5, 0.9], dtype=torch.float64)
+    assert torch.equal(model.conditioning_from_alpha(alpha), torch.zeros(3, dtype=torch.float32))
+    assert model.conditioning_from_alpha(alpha).dtype == torch.float32
+    assert torch.equal(model.conditioning(alpha), torch.zeros(3, dtype=torch.float32))
+
+
+def test_two_tokens_are_the_smallest_vocabulary():
+    """Uniform-state diffusion needs a second token to move to: K = 2 builds, K = 1 is refused."""
+    from dlmbench.errors import ConfigError
+
+    two = DataSpec(vocab_size=2, seq_len=4, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    assert Duo(DuoConfig.from_preset("tiny"), two).spec.vocab_size == 2
+    one = DataSpec(vocab_size=1, seq_len=4, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
+    with pytest.raises(ConfigError, match="at least 2 tokens"):
+        Duo(DuoConfig.from_preset("tiny"), one)

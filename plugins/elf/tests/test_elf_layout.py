@@ -130,6 +130,17 @@ def test_shift_back_takes_the_ids_right_after_each_source():
     assert layout.first_eos(FIXED[:, :4], E).tolist() == SOURCE_LEN
 
 
+def test_the_layout_is_built_on_the_device_of_its_inputs():
+    """The meta device stands in for an accelerator on the CPU suite: every position index
+    is made on the device of the ids or lengths it is compared with (a CPU index raises)."""
+    rows = layout.pack(FIXED.to("meta"), 4, E)
+    assert rows.tokens.device.type == rows.index.device.type == rows.source_len.device.type == "meta"
+    assert rows.source.device.type == "meta" and rows.source.shape == (3, 8)
+    assert layout.encoder_allowed(rows.source_len, rows.valid_len, 8).device.type == "meta"
+    target = layout.unpack_target(rows.tokens, rows.source_len, 4)
+    assert target.device.type == "meta" and target.shape == (3, 4)
+
+
 # --- the model reads it -----------------------------------------------------------------------
 def test_loss_encodes_the_packed_rows_with_the_packed_mask(monkeypatch):
     model = elf(label_drop_prob=0.0)

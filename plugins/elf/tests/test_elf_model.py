@@ -285,3 +285,55 @@ def test_default_sampler_follows_the_reference_per_task_kind():
     named = build_sampler(ModelEntry(name="elf", sampler="sde"), registry, conditional=True)
     assert named.name == "sde"  # a named sampler always wins
     assert build_sampler(ModelEntry(name="mdlm"), registry, conditional=True).name == "ddpm_cache"
+
+
+@pytest.mark.parametrize("encoder", ["frozen", "joint", "token-embeddings"])
+def test_a_pretrained_t5_reads_the_task_through_its_own_tokenizer(encoder):
+    """Encoders that keep a pretrained T5's weights read that T5's ids: its tokenizer, no mask."""
+    from dlmbench.tokenizer import TokenizerRequest
+
+    config = ELFConfig.from_preset("tiny", encoder=encoder, encoder_name="t5-small")
+    assert ELF.tokenizer_request(config) == TokenizerRequest(name="t5-small", mask=False)
+
+
+@pytest.mark.parametrize("encoder,name", [("scratch", "t5-small"), ("random", "t5-small"), ("scratch", None),
+                                          ("learned", None)])
+def test_other_encoders_read_the_task_tokenizer(encoder, name):
+    """scratch and random take only a T5's config (even a named one), learned none: the task's
+    own tokenizer, with its mask."""
+    from dlmbench.tokenizer import TokenizerRequest
+
+    config = ELFConfig.from_preset("tiny", encoder=encoder, encoder_name=name)
+    assert ELF.tokenizer_request(config) == TokenizerRequest()
+
+
+@pytest.mark.parametrize("spec,over", [(SPEC, {}), (COND, {}), (COND, {"source_layout": "packed"})],
+                         ids=["unconditional", "fixed", "packed"])
+def test_every_tensor_of_the_loss_is_made_on_the_data_device(spec, over):
+    """The meta device stands in for an accelerator on the CPU suite: with torch's default
+    device set to meta, CPU data still gives the CPU loss (both branches and self-conditioning
+    taken), so every draw and position index is made on the data's device."""
+    model = tiny(spec, decode_prob=0.5, self_cond_prob=1.0, label_drop_prob=0.5, **over).train()
+    x = tokens(spec)
+    torch.manual_seed(1)
+    expected = model.loss(Batch(x))
+    assert float(model.last_losses["ce"]) > 0 and float(model.last_losses["mse"]) > 0
+    torch.manual_seed(1)
+    with torch.device("meta"):
+        loss = model.loss(Batch(x))
+    assert loss.device.type == "cpu" and torch.equal(loss, expected)
+
+
+def test_a_single_scored_position_is_the_whole_loss():
+    """One scored position: the loss is its term divided by one position, the same number as
+    the diagnostic of the branch its row took."""
+    model = tiny(COND, decode_prob=0.5).train()
+    x = tokens(COND, rows=4)
+    for row in range(4):
+        one = torch.zeros_like(x, dtype=torch.bool)
+        one[row, 10] = True
+        torch.manual_seed(2)
+        with torch.no_grad():
+            loss = model.loss(Batch(x, one))
+        branch = model.last_losses["ce"] if float(model.last_losses["ce"]) > 0 else model.last_losses["mse"]
+        assert float(loss) > 0 and torch.equal(loss, branch)

@@ -415,3 +415,22 @@ def test_hub_ids_offline(tmp_path, monkeypatch):
     converted.rename(tmp_path / "released" / "ELF-B-owt.safetensors")
     model = load("embedded-language-flows/ELF-B-owt-torch", cache=tmp_path)
     assert torch.equal(model.denoiser.x_head.weight, training_state()["ema_params1"]["final_layer.linear.weight"])
+
+
+def test_the_registry_loader_passes_the_entry_through(monkeypatch, tmp_path):
+    """``ELF.load_weights`` (what a run's ``weights`` entry calls) hands the source, spec,
+    cache, preset and the entry's options to :func:`load_official` unchanged."""
+    from dlmbench_elf.model import ELF
+
+    seen = {}
+
+    def spy(source, **kwargs):
+        seen.update(source=source, **kwargs)
+        return "model"
+
+    monkeypatch.setattr(official, "load_official", spy)
+    spec = t5_spec(64)
+    got = ELF.load_weights("some/repo", spec, {"encoder_name": "t5-base", "weights": "params"}, tmp_path, "M")
+    assert got == "model"
+    assert seen == {"source": "some/repo", "spec": spec, "cache": tmp_path, "preset": "M",
+                    "encoder_name": "t5-base", "weights": "params"}

@@ -159,8 +159,73 @@ def test_mask_token_in_the_data_is_refused():
     model = stand_in_model(SPEC, token_probs(SPEC))
     x0 = torch.full((2, 6), 5)
     x0[0, 1] = SPEC.mask_id
-    with pytest.raises(ValueError, match="mask_id"):
+    with pytest.raises(ValueError, match=r"^mdlm: the data contains spec\.mask_id at a scored position$"):
         model.loss(Batch(x0))
+
+
+class FixedTimes:
+    """A time distribution that returns given times (on the device asked for)."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+    def sample(self, n, device):
+        return self.t.expand(n).to(device)
+
+
+@pytest.mark.parametrize("T,fixed", [(0, True), (1, False), (4, True)], ids=["continuous", "T=1", "T=4"])
+def test_at_t_one_every_token_is_masked_with_weight_one(T, fixed):
+    """With eps = 0, alpha_1 = 0: at t = 1 every target token is masked and both bounds weigh
+    it by 1/t = 1, so the per-token term is -log pi_l(x_l) exactly (pi: the stand-in's
+    distribution). T = 1 snaps every t to 1; a drawn t = 1 (float32 rounding of
+    eps + (1 - eps) u) must stay on the grid's last point. With one scored position the
+    loss is that position's term (divided by one position, not more)."""
+    probs = token_probs(SPEC)
+    model = stand_in_model(SPEC, probs, T=T, noise_eps=0.0)
+    if fixed:
+        model.time_dist = FixedTimes(torch.ones(()))
+    x0 = torch.multinomial(probs, 16, replacement=True, generator=torch.Generator().manual_seed(0)).T.contiguous()
+    expected = -probs.log().gather(1, x0.T).T  # (16, L)
+    torch.manual_seed(0)
+    per_token, scored = model.token_losses(Batch(x0))
+    assert bool(scored.all())
+    torch.testing.assert_close(per_token, expected, rtol=1e-5, atol=0)
+    one = torch.zeros_like(x0, dtype=torch.bool)
+    one[3, 2] = True
+    torch.testing.assert_close(model.loss(Batch(x0, one)), expected[3, 2], rtol=1e-5, atol=0)
+
+
+def test_a_draw_equal_to_the_masking_probability_leaves_the_token_clean():
+    """Position l is masked iff u_l < 1 - alpha_t (u: the ``torch.rand`` draw), which masks with
+    probability exactly 1 - alpha_t on the float32 grid of u (``<=`` would add 2^-24). With
+    eps = 0, 1 - alpha_t = t exactly for t on that grid; taking t = u_0 per row, position 0
+    is clean and exactly the positions with u_l < u_0 carry a loss."""
+    probs = token_probs(SPEC)
+    model = stand_in_model(SPEC, probs, noise_eps=0.0)
+    x0 = torch.multinomial(probs, 32, replacement=True, generator=torch.Generator().manual_seed(0)).T.contiguous()
+    torch.manual_seed(4)
+    u = torch.rand(x0.shape)  # the only draw token_losses makes once t is fixed
+    assert bool((u[:, 0] > 0).all())
+    model.time_dist = FixedTimes(u[:, 0])
+    torch.manual_seed(4)
+    per_token, _ = model.token_losses(Batch(x0))
+    assert torch.equal(per_token != 0, u < u[:, :1])
+
+
+@pytest.mark.parametrize("T", [0, 10])
+def test_every_tensor_of_the_loss_is_made_on_the_data_device(T):
+    """The meta device stands in for an accelerator on the CPU suite: with torch's default
+    device set to meta, CPU data still gives the CPU result, so the times, the masking draws
+    and the mask bias are all made on the data's device, none on the default one."""
+    probs = token_probs(SPEC)
+    model = stand_in_model(SPEC, probs, T=T)
+    x0 = torch.multinomial(probs, 8, replacement=True, generator=torch.Generator().manual_seed(0)).T.contiguous()
+    torch.manual_seed(5)
+    expected, _ = model.token_losses(Batch(x0))
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        per_token, scored = model.token_losses(Batch(x0))
+    assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
 
 
 def test_real_network_loss_is_finite_and_backpropagates():
