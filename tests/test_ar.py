@@ -387,3 +387,211 @@ def test_nfe_is_exact_and_needs_the_length(sampler):
             f"ar/{fresh.name} takes one NFE per generated token, independent of steps; "
             "pass spec= (or sample once) so it knows the length")):
         fresh.max_nfe(8)
+
+
+# --- architecture and init, against an independent reading ---------------------------------
+def test_parameters_are_the_documented_architecture():
+    """Every parameter by name and shape: n_layer pre-norm blocks, bias-free LayerNorms and
+    attention / output Linears, an MLP of ratio 4 (nn.Linear with bias), an untied head by
+    default and ``head.weight is tok_emb.weight`` under ``tie_weights``. Catches a bias added
+    to a LayerNorm, qkv, proj or the head, lost blocks, and a broken tie."""
+    V, C, L = 12, 16, 2
+    expect = {"tok_emb.weight": (V, C), "ln_f.weight": (C,), "head.weight": (V, C)}
+    for i in range(L):
+        expect.update({f"blocks.{i}.ln1.weight": (C,), f"blocks.{i}.attn.qkv.weight": (3 * C, C),
+                       f"blocks.{i}.attn.proj.weight": (C, C), f"blocks.{i}.ln2.weight": (C,),
+                       f"blocks.{i}.mlp.fc.weight": (4 * C, C), f"blocks.{i}.mlp.fc.bias": (4 * C,),
+                       f"blocks.{i}.mlp.proj.weight": (C, 4 * C), f"blocks.{i}.mlp.proj.bias": (C,)})
+    net = tiny(spec_(vocab=V)).net
+    assert {n: tuple(p.shape) for n, p in net.named_parameters()} == expect
+    assert net.head.weight is not net.tok_emb.weight
+    tied = tiny(spec_(vocab=V), tie_weights=True)
+    assert tied.net.head.weight is tied.net.tok_emb.weight
+    assert tied.logits(torch.randint(5, V, (1, 3))).shape == (1, 3, V)
+
+
+def _generic_parameters(net, seed=0):
+    """Overwrite the init with generic values (O(1) activations), so that every
+    nonlinearity and sign of the forward shows in the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            z = torch.randn(p.shape, generator=g)
+            if p.dim() == 2:
+                p.copy_(z / math.sqrt(p.shape[1]) * (1.0 if "emb" not in name else math.sqrt(p.shape[1])))
+            elif name.endswith("bias"):
+                p.copy_(0.3 * z)
+            else:  # LayerNorm gains
+                p.copy_(1.0 + 0.3 * z)
+
+
+def _reference_forward(net, idx, n_head):
+    """The network re-read from its parameters, in float64: pre-LN residual blocks
+    ``x + attn(ln1 x)``, ``x + mlp(ln2 x)``; rotary (GPT-NeoX rotate-half, base 10000:
+    channels ``j`` and ``j + D/2`` turned by ``t * 10000^(-2j/D)``) on q and k; causal
+    softmax attention with scale ``1/sqrt(D)``; tanh-GELU MLP; final LayerNorm and head."""
+    P = {n: p.detach().double() for n, p in net.named_parameters()}
+    B, T = idx.shape
+    C = P["tok_emb.weight"].shape[1]
+    D, h = C // n_head, C // n_head // 2
+
+    def ln(x, w):
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-5) * w
+
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    angle = t * 10000.0 ** (-2 * torch.arange(h, dtype=torch.float64) / D)  # (T, h)
+    cos, sin = angle.cos(), angle.sin()
+
+    def rotate(u):  # (B, H, T, D)
+        a, b = u[..., :h], u[..., h:]
+        return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+    def gelu(u):
+        return 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+
+    x = P["tok_emb.weight"][idx]
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for i in range(len(net.blocks)):
+        pre = f"blocks.{i}."
+        q, k, v = (ln(x, P[pre + "ln1.weight"]) @ P[pre + "attn.qkv.weight"].T).split(C, dim=-1)
+        q, k, v = (u.view(B, T, n_head, D).transpose(1, 2) for u in (q, k, v))
+        scores = (rotate(q) @ rotate(k).transpose(-1, -2) / math.sqrt(D)).masked_fill(future, -math.inf)
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ P[pre + "attn.proj.weight"].T
+        u = ln(x, P[pre + "ln2.weight"]) @ P[pre + "mlp.fc.weight"].T + P[pre + "mlp.fc.bias"]
+        x = x + gelu(u) @ P[pre + "mlp.proj.weight"].T + P[pre + "mlp.proj.bias"]
+    return ln(x, P["ln_f.weight"]) @ P["head.weight"].T
+
+
+def test_forward_matches_a_plain_reimplementation():
+    """The network, in one call and chunked through a KV cache (positions [0, 3) then
+    [3, 8)), equals the re-implementation above. Catches a flipped residual sign, the erf
+    GELU for the tanh one, and a misplaced start."""
+    spec = spec_(vocab=12, seq_len=8)
+    model = tiny(spec)
+    _generic_parameters(model.net)
+    idx = torch.randint(0, spec.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
+    ref = _reference_forward(model.net, idx, n_head=2).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(idx), ref, atol=1e-5, rtol=1e-5)
+        cache = model.init_cache(2)
+        chunks = [model.net(idx[:, :3], cache, 0), model.net(idx[:, 3:], cache, 3)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_block_without_start_begins_at_position_zero():
+    """``start`` defaults to 0 (a fresh sequence) in a block and in its attention: called
+    with a cache and no start, each writes its keys at [0, T) and returns what the uncached
+    call returns. Catches another default."""
+    spec = spec_(vocab=12, seq_len=8)
+    model = tiny(spec)
+    _generic_parameters(model.net)
+    block, T = model.net.blocks[0], 5
+    x = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(2))
+    cos, sin = model.net.rotary.cos_sin(T, x.device)
+    with torch.no_grad():
+        for call in (block, lambda u, c, s, cache=None: block.attn(block.ln1(u), c, s, cache)):
+            cache = model.init_cache(2)
+            torch.testing.assert_close(call(x, cos, sin, cache), call(x, cos, sin), atol=1e-6, rtol=1e-6)
+            keys = cache.keys[0]
+            assert keys[:, :, :T].ne(0).any(-1).all()
+            assert not keys[:, :, T:].any() and not cache.values[0][:, :, T:].any()
+
+
+def test_init_statistics():
+    """GPT-2 init: every Linear and Embedding weight ~ N(0, 0.02), the residual projections
+    (``*proj.weight``) ~ N(0, 0.02 / sqrt(2 n_layer)), Linear biases 0, LayerNorm gains 1.
+    Each group's mean and standard deviation is within 5 standard errors (sigma / sqrt(n)
+    and sigma / sqrt(2n)); the tolerance rejects the nearest wrong scale (0.02 / sqrt(3
+    n_layer)), and the projections' scale is not the plain 0.02."""
+    L = 2
+    torch.manual_seed(0)
+    net = AR(ARConfig.from_preset("tiny", n_layer=L, n_head=2, n_embd=64), spec_(vocab=64)).net
+    proj_sigma = 0.02 / math.sqrt(2 * L)
+    groups = {0.02: [], proj_sigma: []}
+    for name, p in net.named_parameters():
+        if name.endswith("bias"):
+            assert not p.any(), name
+        elif p.dim() == 1:
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            groups[proj_sigma if name.endswith("proj.weight") else 0.02].append(p.detach().double().flatten())
+    for sigma, ps in groups.items():
+        w = torch.cat(ps)
+        n = w.numel()
+        std_tol = 5 * sigma / math.sqrt(2 * n)
+        assert abs(w.mean().item()) < 5 * sigma / math.sqrt(n), (sigma, w.mean())
+        assert abs(w.std().item() - sigma) < std_tol, (sigma, w.std())
+        if sigma == proj_sigma:  # power: the nearest alternatives are far outside the tolerance
+            assert abs(0.02 / math.sqrt(3 * L) - sigma) > 4 * std_tol
+            assert abs(0.02 - sigma) > 4 * std_tol
+
+
+def test_positions_beyond_max_len_are_refused():
+    """start + T may reach max_len (the cache's last slot) and not pass it; the error says
+    how far the call reached."""
+    spec = spec_(seq_len=6)
+    model = tiny(spec)
+    idx = torch.randint(5, spec.vocab_size, (1, 4))
+    with torch.no_grad():
+        assert model.net(idx[:, :2], model.init_cache(1), 4).shape == (1, 2, spec.vocab_size)
+        with pytest.raises(ValueError, match=r"^positions up to 7 exceed max_len=6$"):
+            model.net(idx, model.init_cache(1), 3)  # start - T = -1 would pass
+        with pytest.raises(ValueError, match=r"^positions up to 7 exceed max_len=6$"):
+            model.net(torch.randint(5, spec.vocab_size, (1, 7)))
+
+
+def test_loss_of_one_kept_token_is_its_nll():
+    """The mean over the counted positions divides by their number, also when it is 1."""
+    spec = spec_()
+    model = tiny(spec)
+    x = torch.randint(5, spec.vocab_size, (2, spec.seq_len))
+    keep = torch.zeros(x.shape, dtype=torch.bool)
+    keep[1, 3] = True
+    with torch.no_grad():
+        torch.testing.assert_close(model.loss(Batch(x, keep)), hand_nll(model, x)[1, 3])
+
+
+def test_tensors_are_made_on_the_data_device_and_the_model_dtype():
+    """With PyTorch's default device set to ``meta`` (the model and data stay on the cpu),
+    a tensor made without naming the data's device lands on meta and the computation fails
+    or leaves the cpu; the cache follows the model's dtype (float64 here). Covers the rotary
+    tables, the KV cache, init_cache and the [MASK] index of logits."""
+    spec = spec_(seq_len=6)
+    model = tiny(spec).double()
+    x = torch.randint(5, spec.vocab_size, (2, spec.seq_len))
+    inp = model.shift_right(x)
+    with torch.no_grad():
+        full = model.logits(inp)
+        for direct in (False, True):
+            with torch.device("meta"):
+                if direct:
+                    cfg = model.config
+                    cache = ar_plugin.KVCache(cfg.n_layer, 2, cfg.n_head, spec.seq_len, 8,
+                                              torch.device("cpu"), torch.float64)
+                else:
+                    cache = model.init_cache(2)
+                steps = [model.logits(inp[:, :2], cache, 0)] + [
+                    model.logits(inp[:, t : t + 1], cache, t) for t in range(2, spec.seq_len)]
+            for t in cache.keys + cache.values:
+                assert (t.device.type, t.dtype, tuple(t.shape)) == ("cpu", torch.float64, (2, 2, 6, 8))
+            out = torch.cat(steps, dim=1)
+            assert out.device.type == "cpu" and torch.isinf(out[..., MASK]).all()
+            torch.testing.assert_close(out, full, atol=1e-9, rtol=1e-9)
+
+
+def test_attention_uses_the_configured_backend(monkeypatch):
+    """Every attention call gets the config's ``attention_backend`` (recorded by wrapping
+    the kernel switch); an unknown name is refused at the first call."""
+    seen = []
+
+    def recording(*args, **kw):
+        seen.append(kw.get("backend"))
+        return attention(*args, **kw)
+
+    monkeypatch.setattr(ar_plugin, "attention", recording)
+    spec = spec_(seq_len=4)
+    with torch.no_grad():
+        tiny(spec, attention_backend="math").logits(torch.randint(5, spec.vocab_size, (1, 4)))
+    assert seen == ["math", "math"]

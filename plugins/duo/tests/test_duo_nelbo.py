@@ -234,5 +234,27 @@ def test_two_tokens_are_the_smallest_vocabulary():
     two = DataSpec(vocab_size=2, seq_len=4, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
     assert Duo(DuoConfig.from_preset("tiny"), two).spec.vocab_size == 2
     one = DataSpec(vocab_size=1, seq_len=4, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
-    with pytest.raises(ConfigError, match="at least 2 tokens"):
+    with pytest.raises(ConfigError, match=r"^duo needs a vocabulary of at least 2 tokens$"):
         Duo(DuoConfig.from_preset("tiny"), one)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_training_times_follow_the_antithetic_option(antithetic):
+    """``antithetic_sampling: false`` must reach the time sampler: stratified and plain
+    draws from the same generator differ, so a dropped option shows."""
+    from dlmbench.schedule import StratifiedUniform
+
+    cfg = DuoConfig.from_preset("tiny", antithetic_sampling=antithetic)
+    model = Duo(cfg, DataSpec(vocab_size=8, seq_len=4, pad_id=0, bos_id=1, eos_id=2, mask_id=3))
+    drawn = model.time_dist.sample(16, generator=torch.Generator().manual_seed(0))
+    expected = StratifiedUniform(cfg.sampling_eps, antithetic).sample(16, generator=torch.Generator().manual_seed(0))
+    other = StratifiedUniform(cfg.sampling_eps, not antithetic).sample(16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, expected) and not torch.allclose(drawn, other)
+
+
+def test_the_trained_step_counter_is_an_exact_integer_in_the_checkpoint():
+    """The curriculum reads the step counter: saved as a float it would stop counting
+    exactly past 2^24 steps, so it must be an integer buffer of the state dict."""
+    model = Duo(DuoConfig.from_preset("tiny"), DataSpec(vocab_size=8, seq_len=4, pad_id=0, bos_id=1, eos_id=2,
+                                                         mask_id=3))
+    assert model.state_dict()["steps_trained"].dtype == torch.long

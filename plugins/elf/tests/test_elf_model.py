@@ -337,3 +337,56 @@ def test_a_single_scored_position_is_the_whole_loss():
             loss = model.loss(Batch(x, one))
         branch = model.last_losses["ce"] if float(model.last_losses["ce"]) > 0 else model.last_losses["mse"]
         assert float(loss) > 0 and torch.equal(loss, branch)
+
+
+def _constant_rand(value: float):
+    """A stand-in for ``torch.rand`` whose every draw is ``value``."""
+
+    def rand(*size, generator=None, dtype=None, device=None, **_):
+        shape = size[0] if len(size) == 1 and not isinstance(size[0], int) else size
+        return torch.full(tuple(shape), value, dtype=dtype or torch.float32, device=device)
+
+    return rand
+
+
+def test_a_draw_equal_to_a_branch_probability_does_not_take_the_branch(monkeypatch):
+    """Label dropping, the decode branch and self-conditioning are each taken iff their
+    uniform draw u < p, probability exactly p on the float32 grid of u (``<=`` adds 2^-24).
+    With every draw equal to p = 0.5 no branch is taken, so the loss equals the loss with
+    all three probabilities 0; just above 0.5 every branch is taken and it differs. The
+    weights are perturbed: at init the self-conditioning input is zero and unseen."""
+    monkeypatch.setattr(torch, "rand", _constant_rand(0.5))
+    x = tokens(COND, rows=4)
+
+    def loss(p):
+        model = tiny(COND, decode_prob=p, self_cond_prob=p, label_drop_prob=p).train()
+        g = torch.Generator().manual_seed(1)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for w in model.parameters():
+                w.add_(0.1 * torch.randn(w.shape, generator=g))
+            return model.loss(Batch(x))
+
+    at_half, never = loss(0.5), loss(0.0)
+    assert torch.equal(at_half, never)
+    assert not torch.equal(loss(0.5 + 2**-20), never)
+
+
+def test_the_packed_loss_scores_only_the_target_positions_the_batch_asks_for():
+    """With packed rows the batch's loss mask still narrows the target: leaving one target
+    position out of each row changes the loss, and a full mask equals no mask. Every row
+    takes the decode branch, whose per-token cross-entropies differ (a fresh network's
+    flow errors are alike at every position: its latents have one norm per token)."""
+    model = tiny(COND, source_layout="packed", decode_prob=1.0).train()
+    x = tokens(COND, rows=4)
+
+    def loss(mask):
+        torch.manual_seed(2)
+        with torch.no_grad():
+            return model.loss(Batch(x, mask))
+
+    full = torch.ones_like(x, dtype=torch.bool)
+    fewer = full.clone()
+    fewer[:, -1] = False
+    assert torch.equal(loss(full), loss(None))
+    assert not torch.equal(loss(fewer), loss(full))
