@@ -390,3 +390,49 @@ def test_the_packed_loss_scores_only_the_target_positions_the_batch_asks_for():
     fewer[:, -1] = False
     assert torch.equal(loss(full), loss(None))
     assert not torch.equal(loss(fewer), loss(full))
+
+
+def test_every_denoiser_setting_of_the_config_reaches_the_denoiser():
+    """``build_denoiser`` with none of the defaults equals the Denoiser built by hand from
+    the same values: same parameters (token counts, frequency size, MLP width), the same
+    forward (RoPE base, norm epsilon) and the same attention backend."""
+    from dlmbench_elf.denoiser import Denoiser
+
+    over = {"num_time_tokens": 2, "num_scale_tokens": 3, "num_mode_tokens": 5, "freq_dim": 32,
+            "rope_base": 77.0, "mlp_hidden": 40, "norm_eps": 1e-3, "attention_backend": "math"}
+    cfg = ELFConfig.from_preset("tiny", **{**SMALL, **over})
+    torch.manual_seed(0)
+    built = build_denoiser(cfg, 8, 50)
+    torch.manual_seed(0)
+    by_hand = Denoiser(d_latent=8, vocab_size=50, hidden=cfg.hidden, depth=cfg.depth, heads=cfg.heads,
+                       bottleneck=cfg.bottleneck_dim, tied_unembedding=False, **over)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in by_hand.state_dict().items()}
+    assert torch.equal(built.rotary.inv_freq, by_hand.rotary.inv_freq)  # a buffer: loading would copy it
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in by_hand.parameters():  # generic weights, so that every setting shows in the output
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        built.load_state_dict(by_hand.state_dict())
+        z, sc = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
+        t, w = torch.tensor([0.3, 0.7]), torch.tensor([1.0, 2.0])
+        torch.testing.assert_close(built(z, sc, t, w, None)[0], by_hand(z, sc, t, w, None)[0], rtol=0, atol=0)
+    assert {b.attn.backend for b in built.blocks} == {"math"}
+
+
+def test_the_flow_and_branch_settings_of_the_config_reach_the_model():
+    """The path's t_eps, the self-conditioning scale range and the decode noise scale are
+    the config's, not their defaults; the per-branch diagnostics start empty."""
+    model = tiny(COND, t_eps=0.2, sc_scale_min=1.5, sc_scale_max=2.5, decode_noise_scale=3.0)
+    assert (model.path.noise_scale, model.path.t_eps) == (model.config.noise_scale, 0.2)
+    assert (model.scale_dist.lo, model.scale_dist.hi) == (1.5, 2.5)
+    assert model.decode_noise_scale == 3.0 and model.last_losses == {}
+
+
+def test_encode_reads_the_prefix_length_it_is_given():
+    """An explicit ``prefix_len`` overrides the task's: the encoder sees the source as that
+    long (the samplers encode with the prefix they were given)."""
+    model = tiny(COND).eval()
+    x = tokens(COND, rows=2)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x, prefix_len=COND.prefix_len), model.encode(x))
+        assert not torch.equal(model.encode(x, prefix_len=2), model.encode(x))

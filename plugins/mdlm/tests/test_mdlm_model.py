@@ -238,3 +238,40 @@ def test_real_network_loss_is_finite_and_backpropagates():
     assert model.backbone.output_layer.linear.weight.grad.abs().sum() > 0
     bound = model.nelbo(Batch(x0))
     assert bound.shape == (4,) and bool((bound >= 0).all())
+
+
+@pytest.mark.parametrize("mask_id, ok", [(0, True), (7, True), (8, False), (-1, False)])
+def test_the_mask_token_must_be_a_vocabulary_id(mask_id, ok):
+    """Ids 0 .. K-1 are the vocabulary (0 and K-1 included); K and beyond are refused by name."""
+    from dlmbench.errors import ConfigError
+
+    spec = DataSpec(vocab_size=8, seq_len=6, pad_id=1, bos_id=2, eos_id=3, mask_id=mask_id)
+    if ok:
+        assert MDLM(MDLMConfig.from_preset("tiny"), spec).spec.mask_id == mask_id
+    else:
+        with pytest.raises(ConfigError, match=rf"^mdlm needs spec.mask_id inside the vocabulary, got {mask_id}$"):
+            MDLM(MDLMConfig.from_preset("tiny"), spec)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_training_times_follow_the_antithetic_option(antithetic):
+    """``antithetic_sampling: false`` reaches the time sampler: stratified and plain draws
+    from the same generator differ."""
+    from dlmbench.schedule import StratifiedUniform
+
+    cfg = MDLMConfig.from_preset("tiny", antithetic_sampling=antithetic)
+    model = MDLM(cfg, SPEC)
+
+    def draw(dist):
+        return dist.sample(16, generator=torch.Generator().manual_seed(0))
+
+    drawn = draw(model.time_dist)
+    assert torch.equal(drawn, draw(StratifiedUniform(cfg.sampling_eps, antithetic)))
+    assert not torch.allclose(drawn, draw(StratifiedUniform(cfg.sampling_eps, not antithetic)))
+
+
+def test_without_time_conditioning_sigma_is_float32_zeros_for_float64_times():
+    """The network's sigma is float32 whatever the times' dtype (the sampler's are float64)."""
+    model = MDLM(MDLMConfig.from_preset("tiny", time_conditioning=False), SPEC)
+    sigma = model.conditioning(torch.full((3,), 0.5, dtype=torch.float64))
+    assert sigma.dtype == torch.float32 and torch.equal(sigma, torch.zeros(3))
