@@ -58,6 +58,7 @@ def test_a_report_only_reads_the_staging_directory_and_changes_nothing(tmp_path,
     copy.write_text("def test_x(): pass\n")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     module = m.MODULES[0]
+    monkeypatch.setattr(m, "_version", lambda dist: "stand-in")  # mutmut is not a test dependency
     monkeypatch.setattr(m, "collect", lambda work, modules: {module: {
         "mutants": 0, "killed": 0, "equivalent": 0, "survivors": [], "statuses": {}, "kill_rate": None}})
     m.main(["--report-only", "--work", str(tmp_path), "--modules", module, "--json", str(tmp_path / "out.json")])
