@@ -9,6 +9,7 @@ from torch import nn
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
+from dlmbench.testing.devices import on_meta_default
 from dlmbench.training import fit
 from dlmbench_duo import Duo, DuoConfig, duality_alpha_exact, duality_table
 
@@ -114,11 +115,7 @@ def test_every_tensor_of_the_curriculum_loss_is_made_on_the_data_device():
     latents are made on the data's device, none on the default one."""
     model = recorded(curriculum_steps=1).train()
     x0 = tokens(rows=4)
-    torch.manual_seed(2)
-    expected, _ = model._curriculum_terms(Batch(x0))
-    torch.manual_seed(2)
-    with torch.device("meta"):
-        per_token, _ = model._curriculum_terms(Batch(x0))
+    (expected, _), (per_token, _) = on_meta_default(lambda: model._curriculum_terms(Batch(x0)), seed=2)
     assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
 
 

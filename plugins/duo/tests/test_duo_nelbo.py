@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dlmbench.data import Batch, DataSpec
+from dlmbench.testing.devices import on_meta_default
 from dlmbench_duo import Duo, DuoConfig, rb_nelbo_per_token, uniform_posterior
 
 EPS = 1e-3
@@ -209,11 +210,7 @@ def test_every_tensor_of_the_exact_loss_is_made_on_the_data_device():
     model = Duo(DuoConfig.from_preset("tiny"), spec)
     model.backbone = TimeDenoiser()
     x0 = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(10))
-    torch.manual_seed(11)
-    expected, _ = model._exact_terms(Batch(x0))
-    torch.manual_seed(11)
-    with torch.device("meta"):
-        per_token, _ = model._exact_terms(Batch(x0))
+    (expected, _), (per_token, _) = on_meta_default(lambda: model._exact_terms(Batch(x0)), seed=11)
     assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.schedule import LogLinearSchedule
+from dlmbench.testing.devices import on_meta_default
 from dlmbench_mdlm import MDLM, MDLMConfig, subs_log_probs
 from dlmbench_mdlm.model import NEG_INFINITY, continuous_weight, discrete_weight
 
@@ -220,11 +221,7 @@ def test_every_tensor_of_the_loss_is_made_on_the_data_device(T):
     probs = token_probs(SPEC)
     model = stand_in_model(SPEC, probs, T=T)
     x0 = torch.multinomial(probs, 8, replacement=True, generator=torch.Generator().manual_seed(0)).T.contiguous()
-    torch.manual_seed(5)
-    expected, _ = model.token_losses(Batch(x0))
-    torch.manual_seed(5)
-    with torch.device("meta"):
-        per_token, scored = model.token_losses(Batch(x0))
+    (expected, _), (per_token, _) = on_meta_default(lambda: model.token_losses(Batch(x0)), seed=5)
     assert per_token.device.type == "cpu" and torch.equal(per_token, expected)
 
 

@@ -1,0 +1,27 @@
+"""The meta device as a CPU stand-in for an accelerator.
+
+A tensor made on torch's default device instead of its data's (``torch.rand(n)`` where
+``torch.rand(n, device=x.device)`` was meant) works on a CPU-only machine and breaks on a
+GPU. With the default device set to meta and the data on the CPU, such a tensor lands on
+meta and the computation fails or changes, while code that follows its data gives the
+CPU result unchanged: :func:`on_meta_default` runs a function both ways to show which.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def on_meta_default(fn: Callable[[], T], seed: int) -> tuple[T, T]:
+    """``fn()`` under ``torch.manual_seed(seed)``, then again with the default device set
+    to meta: ``(expected, got)``, equal when ``fn`` makes every tensor on its data's device."""
+    torch.manual_seed(seed)
+    expected = fn()
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        got = fn()
+    return expected, got
