@@ -10,6 +10,7 @@ from torch import nn
 from dlmbench.data import Batch, DataSpec
 from dlmbench.errors import ConfigError
 from dlmbench.testing.devices import on_meta_default
+from dlmbench.testing.times import FixedTimes
 from dlmbench.training import fit
 from dlmbench_duo import Duo, DuoConfig, duality_alpha_exact, duality_table
 
@@ -139,16 +140,6 @@ def test_curriculum_loss_with_the_real_network_is_finite_and_backpropagates():
     assert float(model.network.vocab_embed.embedding.grad.abs().sum()) > 0
 
 
-class FixedTimes:
-    """Stands in for the model's time distribution: the given times, in order."""
-
-    def __init__(self, *times: float):
-        self.times = torch.tensor(times, dtype=torch.float32)
-
-    def sample(self, n: int, device=None) -> torch.Tensor:
-        return self.times[:n].to(device)
-
-
 def test_window_ends_read_the_duality_at_gamma_min_and_gamma_max_even_above_minus_one():
     """t = 0 and t = 1 condition on T(alpha~) at gamma_min and gamma_max (Duo paper Sec. 3),
     also for a window reaching past the standard [-5, -1] table, which then must extend to
@@ -156,7 +147,7 @@ def test_window_ends_read_the_duality_at_gamma_min_and_gamma_max_even_above_minu
     gamma_max + 1e-3 (the look-up raises)."""
     K = 12
     model = recorded(curriculum_steps=1, gamma_min=-2.0, gamma_max=-0.5).train()
-    model.time_dist = FixedTimes(0.0, 1.0)
+    model.time_dist = FixedTimes([0.0, 1.0])
     model.loss(Batch(tokens(rows=2)))
     _, sigma = model.backbone.calls[0]
     exact = duality_alpha_exact(torch.tensor([-2.0, -0.5], dtype=torch.float64), K)

@@ -14,10 +14,12 @@ from torch import nn
 
 from dlmbench.data import Batch, DataSpec
 from dlmbench.testing.devices import on_meta_default
+from dlmbench.testing.times import FixedTimes
 from dlmbench_duo import Duo, DuoConfig, rb_nelbo_per_token, uniform_posterior
 
 EPS = 1e-3
 K = 3
+SPEC = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
 G = torch.Generator().manual_seed(0)
 W = torch.randn(K, K, generator=G, dtype=torch.float64)
 V = torch.randn(K, K, generator=G, dtype=torch.float64)
@@ -148,16 +150,6 @@ def test_rb_integrand_keeps_the_dtype_of_the_log_probs():
     assert torch.equal(out, rb_nelbo_per_token(log_x, xt, x0, a.float(), da.float()))
 
 
-class FixedTimes:
-    """Stands in for the model's time distribution: the given per-row times."""
-
-    def __init__(self, t: torch.Tensor):
-        self.t = t
-
-    def sample(self, n: int, device=None) -> torch.Tensor:
-        return self.t[:n].to(device)
-
-
 class InputRecorder(TimeDenoiser):
     def __init__(self):
         super().__init__()
@@ -174,8 +166,7 @@ def test_a_token_is_resampled_iff_its_draw_is_below_one_minus_alpha():
     1 - alpha_t on the float32 grid of u (``<=`` would add 2^-24). With eps = 0,
     1 - alpha_t = t exactly for t on that grid; with t = u_0 per row, position 0 keeps its
     token and z_t is the independently rebuilt where(u < u_0, new, x)."""
-    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
-    model = Duo(DuoConfig.from_preset("tiny", noise_eps=0.0), spec)
+    model = Duo(DuoConfig.from_preset("tiny", noise_eps=0.0), SPEC)
     model.backbone = InputRecorder()
     torch.manual_seed(7)
     u, new = torch.rand(64, 6), torch.randint(0, K, (64, 6))  # the draws, in _exact_terms' order
@@ -189,8 +180,7 @@ def test_a_token_is_resampled_iff_its_draw_is_below_one_minus_alpha():
 
 def test_loss_of_a_single_scored_position_is_its_term():
     """One scored position: the loss is its RB term divided by one position."""
-    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
-    model = Duo(DuoConfig.from_preset("tiny"), spec)
+    model = Duo(DuoConfig.from_preset("tiny"), SPEC)
     model.backbone = TimeDenoiser()
     x0 = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(8))
     one = torch.zeros_like(x0, dtype=torch.bool)
@@ -206,8 +196,7 @@ def test_every_tensor_of_the_exact_loss_is_made_on_the_data_device():
     """The meta device stands in for an accelerator on the CPU suite: with torch's default
     device set to meta, CPU data still gives the CPU result, so the times and the
     resampling draws are all made on the data's device, none on the default one."""
-    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
-    model = Duo(DuoConfig.from_preset("tiny"), spec)
+    model = Duo(DuoConfig.from_preset("tiny"), SPEC)
     model.backbone = TimeDenoiser()
     x0 = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(10))
     (expected, _), (per_token, _) = on_meta_default(lambda: model._exact_terms(Batch(x0)), seed=11)
@@ -216,8 +205,7 @@ def test_every_tensor_of_the_exact_loss_is_made_on_the_data_device():
 
 def test_without_time_conditioning_sigma_is_float32_zeros():
     """time_conditioning=False feeds sigma = 0 in float32 whatever the dtype of alpha."""
-    spec = DataSpec(vocab_size=K, seq_len=6, pad_id=0, bos_id=0, eos_id=0, mask_id=0)
-    model = Duo(DuoConfig.from_preset("tiny", time_conditioning=False), spec)
+    model = Duo(DuoConfig.from_preset("tiny", time_conditioning=False), SPEC)
     alpha = torch.tensor([0.25, 0.5, 0.9], dtype=torch.float64)
     assert torch.equal(model.conditioning_from_alpha(alpha), torch.zeros(3, dtype=torch.float32))
     assert model.conditioning_from_alpha(alpha).dtype == torch.float32
@@ -242,7 +230,7 @@ def test_training_times_follow_the_antithetic_option(antithetic):
     from dlmbench.schedule import StratifiedUniform
 
     cfg = DuoConfig.from_preset("tiny", antithetic_sampling=antithetic)
-    model = Duo(cfg, DataSpec(vocab_size=8, seq_len=4, pad_id=0, bos_id=1, eos_id=2, mask_id=3))
+    model = Duo(cfg, SPEC)
     drawn = model.time_dist.sample(16, generator=torch.Generator().manual_seed(0))
     expected = StratifiedUniform(cfg.sampling_eps, antithetic).sample(16, generator=torch.Generator().manual_seed(0))
     other = StratifiedUniform(cfg.sampling_eps, not antithetic).sample(16, generator=torch.Generator().manual_seed(0))
@@ -252,6 +240,5 @@ def test_training_times_follow_the_antithetic_option(antithetic):
 def test_the_trained_step_counter_is_an_exact_integer_in_the_checkpoint():
     """The curriculum reads the step counter: saved as a float it would stop counting
     exactly past 2^24 steps, so it must be an integer buffer of the state dict."""
-    model = Duo(DuoConfig.from_preset("tiny"), DataSpec(vocab_size=8, seq_len=4, pad_id=0, bos_id=1, eos_id=2,
-                                                         mask_id=3))
+    model = Duo(DuoConfig.from_preset("tiny"), SPEC)
     assert model.state_dict()["steps_trained"].dtype == torch.long

@@ -9,6 +9,7 @@ from torch import nn
 from dlmbench.data import Batch, DataSpec
 from dlmbench.schedule import LogLinearSchedule
 from dlmbench.testing.devices import on_meta_default
+from dlmbench.testing.times import FixedTimes
 from dlmbench_mdlm import MDLM, MDLMConfig, subs_log_probs
 from dlmbench_mdlm.model import NEG_INFINITY, continuous_weight, discrete_weight
 
@@ -164,16 +165,6 @@ def test_mask_token_in_the_data_is_refused():
         model.loss(Batch(x0))
 
 
-class FixedTimes:
-    """A time distribution that returns given times (on the device asked for)."""
-
-    def __init__(self, t: torch.Tensor):
-        self.t = t
-
-    def sample(self, n, device):
-        return self.t.expand(n).to(device)
-
-
 @pytest.mark.parametrize("T,fixed", [(0, True), (1, False), (4, True)], ids=["continuous", "T=1", "T=4"])
 def test_at_t_one_every_token_is_masked_with_weight_one(T, fixed):
     """With eps = 0, alpha_1 = 0: at t = 1 every target token is masked and both bounds weigh
@@ -184,7 +175,7 @@ def test_at_t_one_every_token_is_masked_with_weight_one(T, fixed):
     probs = token_probs(SPEC)
     model = stand_in_model(SPEC, probs, T=T, noise_eps=0.0)
     if fixed:
-        model.time_dist = FixedTimes(torch.ones(()))
+        model.time_dist = FixedTimes(torch.ones(16))
     x0 = torch.multinomial(probs, 16, replacement=True, generator=torch.Generator().manual_seed(0)).T.contiguous()
     expected = -probs.log().gather(1, x0.T).T  # (16, L)
     torch.manual_seed(0)
