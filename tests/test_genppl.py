@@ -413,7 +413,8 @@ def test_loaders_name_what_they_miss_and_put_the_model_where_asked(evaluator):
     with pytest.raises(HubUnavailableError) as error:
         load_model(name, "cpu")
     assert str(error.value) == message
-    with pytest.raises(HubUnavailableError, match=rf"^gen-ppl evaluator '{name}' \(tokenizer\) is not in the local cache"):
+    with pytest.raises(HubUnavailableError,
+                       match=rf"^gen-ppl evaluator '{name}' \(tokenizer\) is not in the local cache"):
         load_tokenizer(name)
     with pytest.raises(HubUnavailableError, match=r"\(model\) is not in the local cache"):
         load_model(name, "cpu", offline=True)

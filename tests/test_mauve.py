@@ -131,7 +131,6 @@ def test_mauve_is_mauve_texts_number_against_the_last_held_out_rows(featurizer, 
     }
 
 
-
 def test_every_setting_reaches_compute_mauve_quietly(featurizer, monkeypatch):
     """mauve-text is called with the configured clustering (a non-default explained
     variance), scaling and seed, and ``verbose=False`` (recorded by a stand-in for
@@ -150,6 +149,7 @@ def test_every_setting_reaches_compute_mauve_quietly(featurizer, monkeypatch):
     assert kw["p_features"].shape == kw["q_features"].shape == (6, 32)
     assert {k: v for k, v in kw.items() if not k.endswith("_features")} == {
         "num_buckets": 2, "mauve_scaling_factor": 3.0, "kmeans_explained_var": 0.6, "seed": 7, "verbose": False}
+
 
 def test_mauve_with_the_proxy_featurizes_with_the_cached_proxy_and_labels_it(featurizer, tmp_path):
     """``evaluator=proxy`` reads the proxy cached for this task under the run's evaluators

@@ -152,7 +152,8 @@ def untrained(monkeypatch):
 
     monkeypatch.setattr(dlmbench.training, "fit", fit)
     monkeypatch.setattr(proxy, "tqdm", Bar)
-    monkeypatch.setattr(proxy, "DEFAULT_CONFIG", proxy.ProxyConfig(n_layer=1, n_embd=8, n_head=2, steps=2, batch_size=2))
+    monkeypatch.setattr(proxy, "DEFAULT_CONFIG",
+                        proxy.ProxyConfig(n_layer=1, n_embd=8, n_head=2, steps=2, batch_size=2))
     return fits, bars
 
 

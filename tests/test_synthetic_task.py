@@ -335,7 +335,6 @@ def test_oracle_nll_skips_every_rejected_sample_and_pools_by_the_delta_method(ca
                              "tokens": sum(tokens)}
 
 
-
 def test_ratio_stderr_at_two_and_three_samples_is_the_delta_method():
     """Delta method for ``R = sum(a) / sum(b)``: ``se = sqrt(s_r^2 / n) / mean(b)`` with
     residuals ``r_i = a_i - R b_i`` and ``s_r^2 = sum r_i^2 / (n - 1)``; defined from n = 2.
@@ -348,6 +347,7 @@ def test_ratio_stderr_at_two_and_three_samples_is_the_delta_method():
     assert stderr([2.0, 3.0], [1.0, 2.0]) == pytest.approx(2 / 9, rel=1e-12)
     assert stderr([1.0, 3.0], [1.0, 1.0]) == pytest.approx(1.0, rel=1e-12)
     assert stderr([1.0, 2.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(math.sqrt(7 / 12) / 2, rel=1e-12)
+
 
 def test_oracle_nll_of_no_grammatical_sample_is_undefined_and_says_why(capped_task):
     """No accepted sample: NaN, no stderr, n = 0, the reason, and the same details; a task

@@ -200,7 +200,6 @@ def test_rouge_population_stderr_and_every_detail():
     assert not ROUGE().applies_to(task_()) and ROUGE().applies_to(task_(["x"]))
 
 
-
 def test_rouge_hand_checked():
     refs = ["the cat sat on the mat", "the cat sat"]
     hyps = ["the cat sat", "the cat sat"]
