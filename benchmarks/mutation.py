@@ -69,7 +69,8 @@ MODULES = [
 TESTS = [
     "plugins/elf/tests", "plugins/mdlm/tests", "plugins/duo/tests",
     "tests/test_schedule.py", "tests/test_nfe_and_sampling.py", "tests/test_ar.py", "tests/test_prefix.py",
-    "tests/test_text_metrics.py", "tests/test_genppl.py", "tests/test_mauve.py", "tests/test_proxy.py",
+    "tests/test_text_metrics.py", "tests/test_genppl.py", "tests/test_reference_settings.py", "tests/test_mauve.py",
+    "tests/test_proxy.py", "tests/test_bound.py",
     "tests/test_pcfg.py", "tests/test_metric_entries.py", "tests/test_rule_usage.py",
     "tests/test_synthetic_task.py", "tests/test_protocols.py",
     "tests/test_hub_needs.py", "tests/test_model_tokenizers.py", "tests/test_released_weights.py",

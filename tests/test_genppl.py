@@ -226,6 +226,59 @@ def test_entropy_on_evaluator_ids(evaluator):
     assert mv.details["ids"] == "evaluator"
 
 
+class RecordingTokenizer:
+    """Word-level ids of each text; records the truncation each call asks for. ``attrs``:
+    ``model_max_length=...``, or nothing, as a tokenizer without that attribute."""
+
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+        self.calls = []
+
+    def __call__(self, texts, add_special_tokens, truncation, max_length):
+        self.calls.append((add_special_tokens, truncation, max_length))
+        rows = [[WORDS.index(w) for w in t.split()] for t in texts]
+        return {"input_ids": [row[:max_length] if truncation else row for row in rows]}
+
+
+@pytest.mark.parametrize("max_length, attrs, limit", [
+    (None, {"model_max_length": 4}, 4),  # the tokenizer's own limit
+    (None, {"model_max_length": 999_999}, 999_999),
+    (None, {"model_max_length": 1_000_000}, None),  # as large as transformers' "no limit" (1e30): none
+    (None, {"model_max_length": 10**30}, None),
+    (None, {}, None),  # a tokenizer without the attribute
+    (3, {"model_max_length": 5}, 3),  # max_length= wins
+])
+def test_entropy_on_evaluator_ids_asks_the_resolved_tokenizer_for_its_limit(monkeypatch, max_length, attrs, limit):
+    """ids='evaluator': the evaluator name goes through resolve_evaluator (with the task and
+    the run context: 'proxy' is trained from them), the tokenizer is loaded as the run's
+    offline flag says, and the truncation is max_length=, else the tokenizer's
+    model_max_length unless that is transformers' huge 'no limit' value."""
+    seen = {}
+    tokenizer = RecordingTokenizer(**attrs)
+
+    def resolve(name, task, context):
+        seen["resolve"] = (name, task, context)
+        return f"resolved-{name}"
+
+    def load(name, offline=True):
+        seen["load"] = (name, offline)
+        return tokenizer
+
+    monkeypatch.setattr(proxy, "resolve_evaluator", resolve)
+    monkeypatch.setattr(genppl, "load_tokenizer", load)
+    context, task = RunContext(offline=False), task_()
+    cfg = EntropyConfig(ids="evaluator", evaluator="an-lm", max_length=max_length)
+    text = "the cat the cat sat on"
+    mv = UnigramEntropy(cfg, context).compute(gen_([text]), task)
+    name, resolved_task, resolved_context = seen["resolve"]
+    assert name == "an-lm" and resolved_task is task and resolved_context is context
+    assert seen["load"] == ("resolved-an-lm", False)
+    assert tokenizer.calls == [(False, limit is not None, limit)]
+    ids = [WORDS.index(w) for w in text.split()][:limit]
+    assert mv.value == pytest.approx(unigram_entropy(ids))
+    assert mv.details["evaluator"] == "an-lm" and mv.details["ids"] == "evaluator"
+
+
 # --- target weights and the metric's settings, by hand --------------------------------------
 def test_target_weights_by_hand():
     """Targets are ids[:, 1:]. Row 1: 5 EOS 6 EOS 7 [pad]; row 2 starts with an (unscored)

@@ -13,7 +13,7 @@ from dlmbench.data import DataSpec, Generation
 from dlmbench.errors import ConfigError
 from dlmbench.metrics import text as text_plugin
 from dlmbench.metrics.text import (
-    BLEU, ROUGE, BLEUConfig, ROUGEConfig, UnigramEntropy, _mean_and_stderr, unigram_entropy,
+    BLEU, ROUGE, BLEUConfig, EntropyConfig, ROUGEConfig, UnigramEntropy, _mean_and_stderr, unigram_entropy,
 )
 from dlmbench.plugins import build_registry
 from dlmbench.task import TaskData
@@ -74,6 +74,20 @@ def test_entropy_metric_mean_and_stderr():
     assert mv.stderr == pytest.approx(se)
     assert mv.details["n"] == 3 and mv.details["ids"] == "model"
     assert UnigramEntropy.higher_is_better and "next to" in UnigramEntropy.description
+
+
+@pytest.mark.parametrize("skip_empty, expected", [
+    (False, {"skipped_empty": 0, "empty": 2}),  # a blank text and an empty token list are samples
+    (True, {"skipped_empty": 1, "empty": 1}),  # the blank text is left out; the token list is not text
+])
+def test_entropy_details_name_its_settings_and_count_the_empty(skip_empty, expected):
+    tokens = [[1, 2], [], [1, 1], []]
+    generation = gen_(["a b", "", "a a", "x"], tokens=tokens)
+    mv = UnigramEntropy(EntropyConfig(skip_empty=skip_empty)).compute(generation, task_())
+    settings = {"ids": "model", "span": "continuation", "skip_empty": skip_empty}
+    assert {k: mv.details[k] for k in (*settings, *expected)} == {**settings, **expected}
+    assert "evaluator" not in mv.details  # the model's own ids: no evaluator involved
+    assert mv.n == 4 - expected["skipped_empty"]
 
 
 # --- BLEU ------------------------------------------------------------------------------

@@ -99,8 +99,9 @@ class UnigramEntropy(Metric):
             evaluator = resolve_evaluator(cfg.evaluator, self.evaluator_task(task), self.context)
             tok = load_tokenizer(evaluator, self.context.offline)
             limit = cfg.max_length
-            if limit is None and getattr(tok, "model_max_length", 0) < 1_000_000:
-                limit = tok.model_max_length
+            if limit is None:  # the tokenizer's own, unless absent or transformers' "no limit" (1e30)
+                own = getattr(tok, "model_max_length", None)
+                limit = own if isinstance(own, int) and own < 1_000_000 else None
             samples = retokenize(tok, [generation.texts[i] for i in keep], limit)
         values = [unigram_entropy(s) for s in samples]
         details = {
