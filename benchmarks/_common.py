@@ -45,7 +45,9 @@ def setup_torch(args: argparse.Namespace):
 
     if args.threads and args.threads > 0:
         torch.set_num_threads(args.threads)
-    from dlmbench.environment import resolve_device
+    from dlmbench.environment import keep_freed_memory, resolve_device
+
+    keep_freed_memory()  # as every dlmbench run does
 
     return resolve_device(args.device)
 

@@ -15,12 +15,21 @@ per-call work is tiny, while its network forward is the full-length one (see
 :mod:`dlmbench.flops`).
 
     python benchmarks/utilization.py --models elf,mdlm,duo,ar --lengths 32,64,128
+
+``--before REV`` first runs this same measurement with the code of git revision ``REV``
+(checked out in a temporary worktree, its own copy of this script, same settings), then
+the current code, and writes both with the ratio of their times per model and length:
+a before/after taken in one run, on one machine in one state.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,6 +91,46 @@ def measure(b, batch: int, sample_steps: int, device, min_seconds: float, reps: 
     }
 
 
+PLUGINS = ("plugins/elf", "plugins/mdlm", "plugins/duo")
+
+
+def measure_revision(revision: str, argv: list[str]) -> dict:
+    """This script's payload at git ``revision`` with the settings ``argv``: the revision's
+    own code, imported from a temporary worktree ahead of the installed packages."""
+    root = C.HERE.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, out = Path(tmp) / "tree", Path(tmp) / "before.json"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), revision],
+                       check=True, capture_output=True)
+        try:
+            path = os.pathsep.join(str(tree / p) for p in ("", *PLUGINS))
+            script = tree / "benchmarks" / f"{SCRIPT}.py"
+            subprocess.run([sys.executable, str(script), *argv, "--json", str(out)], cwd=tree, check=True,
+                           env={**os.environ, "PYTHONPATH": path})
+            return json.loads(out.read_text())
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def compare(before: dict, after: dict) -> list[dict]:
+    """Per model and length: the forward and whole-sample times of both, and after / before."""
+    old = {(r["label"], r["seq_len"]): r for r in before["results"]}
+    rows = []
+    for r in after["results"]:
+        b = old.get((r["label"], r["seq_len"]))
+        if b is None:
+            continue
+        rows.append({
+            "model": r["label"], "L": r["seq_len"],
+            "fwd s before": b["forward"]["median_s"], "fwd s after": r["forward"]["median_s"],
+            "fwd after/before": r["forward"]["median_s"] / b["forward"]["median_s"],
+            "sample s before": b["sample"]["median_s"], "sample s after": r["sample"]["median_s"],
+            "sample after/before": r["sample"]["median_s"] / b["sample"]["median_s"],
+            "sample frac before": b["sample_fraction_of_peak"], "sample frac after": r["sample_fraction_of_peak"],
+        })
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(parser, SCRIPT)
@@ -91,7 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peak-n", type=int, default=2048, help="matmul size of the peak measurement")
     parser.add_argument("--reps", type=int, default=5, help="timed blocks per measurement")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="length of one timed forward block")
+    parser.add_argument("--before", metavar="REV", help="also measure git revision REV first, same settings, "
+                                                        "and write both side by side")
     args = parser.parse_args(argv)
+    before = None
+    if args.before:
+        settings = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                    if k not in ("before", "json", "quick") and v is not None]
+        before = measure_revision(args.before, settings + (["--quick"] if args.quick else []))
     if args.quick:
         args.lengths, args.batch_size, args.sample_steps = "16", 2, 2
         args.peak_n, args.reps, args.min_seconds = 256, 2, 0.0
@@ -140,6 +196,11 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {**C.envelope(SCRIPT, args, device, started),
                "peak": {"flop_per_s": peak, "before": peak_before, "after": peak_after},
                "results": results, "table": rows, "skipped": skipped}
+    if before is not None:
+        payload["comparison"] = compare(before, payload)
+        payload["before_revision"] = {"revision": args.before, **before}
+        print(f"\nthe same at {args.before} (run first) and now:")
+        print(C.table(payload["comparison"], floatfmt=".3g"))
     C.write_json(args.json, payload)
     return payload
 

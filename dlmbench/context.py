@@ -45,8 +45,9 @@ class RunContext:
                threads: int | None = None) -> "RunContext":
         """A context for this process; ``offline=None`` asks
         :func:`dlmbench.environment.hub_offline` (the user's ``HF_*`` switches);
-        ``threads`` sets torch's thread pools for the process (see :func:`use_threads`)."""
-        from dlmbench.environment import hub_offline, resolve_device, use_threads
+        ``threads`` sets torch's thread pools for the process (see :func:`use_threads`) and
+        its allocator (:func:`keep_freed_memory`)."""
+        from dlmbench.environment import hub_offline, keep_freed_memory, resolve_device, use_threads
 
         if offline is None:
             offline = hub_offline()
@@ -58,6 +59,7 @@ class RunContext:
             resolved = torch.device("cuda", torch.cuda.current_device())
         if threads is not None:
             use_threads(threads)
+            keep_freed_memory()
         return cls(Path(cache), resolved, offline, reason, world, threads)
 
     @property

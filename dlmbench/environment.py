@@ -59,6 +59,31 @@ def use_threads(n: int) -> None:
             pass
 
 
+# glibc's mallopt parameters (<malloc.h>)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc's malloc keep the memory a forward pass frees, for the next one to reuse.
+
+    By default glibc serves each block over its mmap threshold (128 KiB, adapted up to
+    32 MiB) with fresh pages and returns them to the system on free, so every activation
+    of every step pays page faults on memory just released: about 15% of a tiny model's CPU
+    forward. Raising the mmap and trim thresholds once per process keeps such blocks in the
+    heap. Values are unchanged (torch aligns CPU tensors to 64 bytes wherever they live);
+    True where it applied (Linux with glibc), False elsewhere."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: nothing to tune
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
 @lru_cache(maxsize=1)
 def git_revision() -> str | None:
     """``git describe --always --dirty`` of the current directory, if it is a checkout."""

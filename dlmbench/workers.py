@@ -337,9 +337,10 @@ def _take_slot(slots) -> None:
     so it would otherwise wait forever after a ``kill -9`` of the run."""
     global _SLOT
     _SLOT = slots.get()
-    from dlmbench.environment import use_threads
+    from dlmbench.environment import keep_freed_memory, use_threads
 
     use_threads(_SLOT.threads)
+    keep_freed_memory()
     if _SLOT.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(_SLOT.device))
     if sys.platform.startswith("linux"):

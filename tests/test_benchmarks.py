@@ -62,6 +62,24 @@ def test_utilization(tmp_path):
     assert {"forward_fraction_of_peak", "sample_fraction_of_peak", "flops_by_op"} <= set(r)
 
 
+def test_utilization_before_a_revision_measures_its_code_first_and_compares(tmp_path):
+    import subprocess
+
+    def worktrees():
+        return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True,
+                              check=True).stdout.count("\n")
+
+    count = worktrees()
+    data = run_script("utilization", "--models", "ar", "--before", "HEAD", tmp_path=tmp_path)
+    before = data["before_revision"]
+    assert before["revision"] == "HEAD" and before["settings"]["quick"] and before["settings"]["models"] == "ar"
+    (b,), (a,), (row,) = before["results"], data["results"], data["comparison"]
+    assert row["model"] == a["label"] == b["label"] and row["L"] == 16
+    assert row["sample after/before"] == a["sample"]["median_s"] / b["sample"]["median_s"]
+    assert row["fwd after/before"] == a["forward"]["median_s"] / b["forward"]["median_s"]
+    assert worktrees() == count  # its temporary worktree is gone
+
+
 def test_quality_per_compute_runs_the_cli(tmp_path):
     data = run_script("quality_per_compute", "--run", "--models", "ar", "--out", str(tmp_path / "run"),
                       "--cache", str(tmp_path / "cache"), tmp_path=tmp_path)

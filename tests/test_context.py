@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import pytest
@@ -131,3 +132,50 @@ def test_threads_come_from_the_config_default_one_and_are_recorded_with_each_che
     Runner(cfg, toy_registry, context, echo=lambda *_: None, progress=False).run()
     _, models = load_records([cfg.out_dir])
     assert models and all(m.threads == 2 and m.torch_version == torch.__version__ for m in models)
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (<malloc.h>): every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def glibc():
+    """glibc's malloc interface, or skip where the C library is another."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        pytest.skip("glibc >= 2.33 only (mallinfo2)")
+    return libc
+
+
+@pytest.mark.parametrize("where", ["context", "worker"])
+def test_cpu_runs_keep_freed_activations_in_the_heap(where, torch_threads):
+    """A 16 MiB activation (a tiny model's MLP at batch 128 is 8 MiB) is over glibc's default
+    mmap threshold, so untuned it gets pages of its own, faulted in again at every step."""
+    import torch
+
+    from dlmbench import workers
+    from dlmbench.environment import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    libc = glibc()
+    for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):  # glibc's defaults, whatever an earlier test set
+        libc.mallopt(parameter, 128 << 10)
+    libc.malloc_trim(0)  # and no free heap kept from before
+    blocks = libc.mallinfo2().hblks
+    x = torch.empty(4 << 20)  # float32: 16 MiB
+    assert libc.mallinfo2().hblks == blocks + 1  # the untuned allocator maps it on its own
+    del x
+    if where == "context":
+        RunContext.create(device="cpu", offline=True, threads=1)
+    else:
+        class OneSlot:
+            def get(self):
+                return workers.Slot("cpu", 1)
+
+        workers._take_slot(OneSlot())
+    x = torch.empty(4 << 20)
+    assert libc.mallinfo2().hblks == blocks
+    del x
