@@ -126,6 +126,15 @@ def stage(work: Path, modules: list[str], tests: list[str]) -> None:
     """Lay out ``work`` as mutmut expects: packages under their import names at the root,
     the tests at their repository paths (their fixtures resolve from there), and a
     pyproject.toml holding pytest's options and mutmut's."""
+    # mutmut re-collects which tests reach which function only for new tests: a module
+    # added to ``only_mutate`` since its stats were taken would have all its mutants
+    # "no tests". A module not staged before therefore forces a full collection.
+    staged = work / "mutants" / "staged-modules.json"
+    before = set(json.loads(staged.read_text())) if staged.exists() else set()
+    if not set(modules) <= before:
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(json.dumps(sorted(before | set(modules))))
     for name, src in PACKAGES.items():
         sync_tree(src, work / name)
     for rel in [*tests, *TEST_SUPPORT]:

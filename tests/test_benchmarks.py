@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,22 @@ def test_harness_overhead(tmp_path):
         assert {"harness_s", "bare_s", "overhead_pct", "paired_overhead_pct", "noise_floor_pct", "times_s"} <= set(r[phase])
     assert r["train"]["check"]["same_losses"] and r["train"]["check"]["max_abs_weight_diff"] == 0
     assert r["sample"]["same_ids"]
+
+
+def test_load_average_at_start_is_read_when_the_script_starts(monkeypatch):
+    """Read when the JSON is written, the load average counts the script's own work: an
+    idle machine would read as busy."""
+    loads = iter([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]])
+    monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "_common.py")
+    common = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_common", common)  # its dataclasses look themselves up there
+    spec.loader.exec_module(common)  # the script's start
+
+    machine = common.machine(torch.device("cpu"))  # its end
+    assert (machine["load_average_at_start"], machine["load_average_at_end"]) == ([0.1, 0.2, 0.3], [1.0, 1.0, 1.0])
 
 
 def test_utilization(tmp_path):

@@ -92,3 +92,17 @@ def test_bound_runs_without_gradients():
 
     likelihood_bound(Grad(), task_(), "cpu", seed=0, max_rows=2)
     assert seen == [False]
+
+
+def test_rows_go_to_the_device_given():
+    model = KnownNELBO(bounded=False)  # stops before any arithmetic a meta tensor could not do
+    likelihood_bound(model, task_(), "meta", seed=0, max_rows=2)
+    assert model.calls[0].device.type == "meta"
+
+
+def test_rows_that_decode_to_no_text_have_no_per_byte_bound():
+    rows = torch.tensor([[BOS_ID, PAD_ID, PAD_ID, EOS_ID]] * 3)  # only special tokens after the prefix
+    task = TaskData("t", task_().spec, TOKENIZER, rows[:2], rows)
+    bound = likelihood_bound(KnownNELBO(), task, "cpu", seed=0)
+    assert bound.rows == 3 and bound.nelbo_per_token > 0
+    assert bound.nelbo_per_byte is None

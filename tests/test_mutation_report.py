@@ -64,3 +64,25 @@ def test_a_report_only_reads_the_staging_directory_and_changes_nothing(tmp_path,
     m.main(["--report-only", "--work", str(tmp_path), "--modules", module, "--json", str(tmp_path / "out.json")])
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [*before, Path("out.json")]
     assert copy.read_text() == "def test_x(): pass\n"
+
+
+def test_a_module_not_staged_before_forces_mutmut_to_collect_its_stats_again(tmp_path, monkeypatch):
+    """mutmut re-collects test coverage only for new tests: a module added since the last
+    stats would have every mutant filed "no tests". Its first staging drops the stats; a
+    restaging of the same modules (or fewer) keeps them, so a rerun stays incremental."""
+    m = mutation_script()
+    monkeypatch.setattr(m, "sync_tree", lambda src, dst: None)
+    stats = tmp_path / "mutants" / "mutmut-stats.json"
+    a, b = m.MODULES[:2]
+
+    def staged_with(modules):
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        stats.write_text("{}")
+        m.stage(tmp_path, modules, [])
+        return stats.exists()
+
+    assert not staged_with([a])
+    assert staged_with([a])
+    assert not staged_with([a, b])
+    assert staged_with([b])
+    assert staged_with([a, b])
