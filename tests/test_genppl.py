@@ -508,3 +508,42 @@ def test_an_answering_hub_is_probed_once_then_its_refusal_explained(monkeypatch)
     with pytest.raises(ConfigError, match=rf"^evaluator='{name}': cannot load its tokenizer from the hub: "):
         load_tokenizer(name, offline=False)
     assert probes[1:] == [((name,), {"timeout": 10.0})]
+
+
+def test_load_routes_each_source_and_part_with_its_arguments(tmp_path, monkeypatch):
+    """A model goes through the safetensors-only loader (with the evaluator named in its
+    errors), a tokenizer through its own ``from_pretrained``; a local path loads as given,
+    a hub name from the cache first (``local_files_only=True``), then, online, by name; a
+    path that is not there is a config error naming it. Catches a part sent the wrong way,
+    its arguments or the cache flag dropped, and a nameless error."""
+    calls = []
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            calls.append(("tokenizer", source, kwargs))
+            if kwargs.get("local_files_only") and "uncached" in source:
+                raise OSError("not cached")
+            return "loaded"
+
+    def safetensors(loader, source, prefix, **kwargs):
+        calls.append(("model", source, prefix, kwargs))
+        return loader.from_pretrained(source, **kwargs)
+
+    monkeypatch.setattr(genppl, "from_pretrained_safetensors", safetensors)
+    monkeypatch.setattr(genppl, "_probe_hub", lambda name: calls.append(("probe", name)))
+    assert genppl._load(Loader, str(tmp_path), "model", offline=True) == "loaded"
+    assert calls == [("model", str(tmp_path), f"evaluator={str(tmp_path)!r}:", {}),
+                     ("tokenizer", str(tmp_path), {})]
+    calls.clear()
+    assert genppl._load(Loader, "org/cached", "tokenizer", offline=True) == "loaded"
+    assert calls == [("tokenizer", "org/cached", {"local_files_only": True})]
+    calls.clear()
+    assert genppl._load(Loader, "org/uncached", "model", offline=False) == "loaded"
+    assert calls == [("model", "org/uncached", "evaluator='org/uncached':", {"local_files_only": True}),
+                     ("tokenizer", "org/uncached", {"local_files_only": True}), ("probe", "org/uncached"),
+                     ("model", "org/uncached", "evaluator='org/uncached':", {}), ("tokenizer", "org/uncached", {})]
+    missing = str(tmp_path / "no" / "such")
+    with pytest.raises(ConfigError) as error:
+        genppl._load(Loader, missing, "model", offline=True)
+    assert str(error.value) == f"evaluator={missing!r}: no such directory"
