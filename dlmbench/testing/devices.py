@@ -25,3 +25,19 @@ def on_meta_default(fn: Callable[[], T], seed: int) -> tuple[T, T]:
     with torch.device("meta"):
         got = fn()
     return expected, got
+
+
+class ZeroDenoiser:
+    """A discrete model's ``conditioning`` and ``network`` that follow their input's device:
+    the network gives zero logits over ``vocab_size`` ids, and ``times`` keeps every time
+    tensor the conditioning received, for a test to check where the sampler made it."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size, self.times = vocab_size, []
+
+    def conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        self.times.append(t)
+        return torch.zeros_like(t, dtype=torch.float32)
+
+    def network(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*x.shape, self.vocab_size, device=x.device)

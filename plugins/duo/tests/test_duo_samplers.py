@@ -23,6 +23,7 @@ import dlmbench_duo.samplers as samplers_module
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.errors import ConfigError
 from dlmbench.nfe import count_nfe
+from dlmbench.testing.devices import ZeroDenoiser
 from dlmbench.testing.draws import float64_draws
 from dlmbench_duo import Duo, DuoAncestral, DuoConfig, DuoGreedyTail
 
@@ -200,17 +201,9 @@ def test_the_time_is_made_on_the_device_of_the_input():
     the conditioning receives is built on the ids' device, in float64."""
     from types import SimpleNamespace
 
-    seen = {}
-
-    def conditioning(t):
-        seen["t"] = t
-        return torch.zeros_like(t, dtype=torch.float32)
-
-    def network(x, sigma):
-        return torch.zeros(*x.shape, SPEC.vocab_size, device=x.device)
-
-    model = SimpleNamespace(network=network, conditioning=conditioning)
+    zero = ZeroDenoiser(SPEC.vocab_size)
+    model = SimpleNamespace(network=zero.network, conditioning=zero.conditioning)
     x = torch.zeros(2, SPEC.seq_len, dtype=torch.long, device="meta")
     probs = DuoAncestral()._x_theta(model, x, 0.5, 1)
     assert probs.device.type == "meta" and probs.shape == (2, SPEC.seq_len - 1, SPEC.vocab_size)
-    assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.float64
+    assert [(t.device.type, t.dtype) for t in zero.times] == [("meta", torch.float64)]

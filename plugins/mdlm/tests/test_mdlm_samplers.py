@@ -22,6 +22,7 @@ import dlmbench_mdlm.samplers as samplers_module
 from dlmbench.data import DataSpec, SampleRequest
 from dlmbench.errors import ConfigError
 from dlmbench.nfe import count_nfe
+from dlmbench.testing.devices import ZeroDenoiser
 from dlmbench.testing.draws import float64_draws
 from dlmbench_mdlm import MDLM, MDLMConfig, MDLMDDPM, MDLMDDPMCache
 
@@ -304,20 +305,12 @@ def test_the_denoiser_works_on_the_device_of_its_input():
     on the CPU suite; its in-place add accepts a CPU operand, hence the check of the bias."""
     from dlmbench_mdlm.samplers import _Denoiser
 
-    seen = {}
-
-    def conditioning(t):
-        seen["t"] = t
-        return torch.zeros_like(t, dtype=torch.float32)
-
-    def network(x, sigma):
-        return torch.zeros(*x.shape, SPEC.vocab_size, device=x.device)
-
+    zero = ZeroDenoiser(SPEC.vocab_size)
     model = SimpleNamespace(config=SimpleNamespace(time_conditioning=False), spec=SPEC,
-                            network=network, conditioning=conditioning)
+                            network=zero.network, conditioning=zero.conditioning)
     denoise = _Denoiser(model, cache=False)
     x = torch.zeros(2, SPEC.seq_len, dtype=torch.long, device="meta")
     out = denoise(x, 0.5)
     assert out.device.type == "meta" and out.shape == (2, SPEC.seq_len, SPEC.vocab_size)
-    assert seen["t"].device.type == "meta" and seen["t"].dtype == torch.float64
+    assert [(t.device.type, t.dtype) for t in zero.times] == [("meta", torch.float64)]
     assert denoise.bias.device.type == "meta"
