@@ -21,9 +21,16 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_MODELS = "elf,mdlm,duo,ar"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 # Read when a script starts (it imports this module first): by the time the JSON is
 # written, the script's own work has raised the load average to its thread count.
-LOAD_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+LOAD_AT_START = load_average()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script entry point: the tiny presets never need the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -94,7 +101,7 @@ def machine(device) -> dict[str, Any]:
         "cpu_cores_available": cores,
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": LOAD_AT_START,
-        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_end": load_average(),
         "platform": platform.platform(),
         "versions": versions(),
         "git_revision": git_revision(),
